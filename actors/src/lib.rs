@@ -1,0 +1,46 @@
+//! flowcast's runtime: the workflow model, the counter, and the actors that
+//! run workflows and carry their events.
+//!
+//! # Layout
+//!
+//! Pure logic, no I/O:
+//! - [`workflow`]: the workflow JSON model and its validation into a [`workflow::Dag`];
+//! - [`counter`]: the pending-node counter state machine;
+//! - [`jq`]: jq filters (jaq) for `transform` and `http` nodes;
+//! - [`result`]: canonical JSON and `sha256:` result refs;
+//! - [`event`]: the event payloads (the seed's, plus flowcast's);
+//! - [`user`]: username validation.
+//!
+//! Redis:
+//! - [`store`]: key layout, the atomic commit script, reads of stored runs;
+//! - [`registry`]: registered workflows.
+//!
+//! Actors (runner half):
+//! - [`runner::Runner`]: consumes run requests, initialises runs, resumes orphans;
+//! - [`run::RunActor`]: one per run; executes nodes ([`node`]) and drives the counter;
+//! - [`publisher::Publisher`]: the single writer of state and events.
+//!
+//! Actors (fan-out half):
+//! - [`subscriber::Subscriber`]: the process's one PubSub connection;
+//! - [`fanout::Fanout`]: one per user with live sessions; forwards frames to them.
+//!
+//! [`metrics`] holds the Prometheus metrics every actor updates.
+
+pub mod counter;
+pub mod error;
+pub mod event;
+pub mod fanout;
+pub mod jq;
+pub mod metrics;
+pub mod node;
+pub mod publisher;
+pub mod registry;
+pub mod result;
+pub mod run;
+pub mod runner;
+pub mod store;
+pub mod subscriber;
+pub mod user;
+pub mod workflow;
+
+pub use error::{Error, Result};

@@ -1,0 +1,122 @@
+//! Node execution: what each node kind does with its input.
+//!
+//! [`execute`] runs one attempt and says whether a failure is worth another
+//! attempt: jq errors and HTTP 4xx are not (the same input fails the same
+//! way), HTTP 5xx, connection errors and timeouts are. The run actor owns
+//! attempts, backoff and the deadline.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::jq;
+use crate::workflow::{HttpSpec, NodeKind, NodeSpec};
+
+/// Deadline of an `http` request when the node sets no `timeout_ms`.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest HTTP response body accepted as a node output.
+const MAX_HTTP_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// A failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeError {
+    /// What went wrong, for users.
+    pub message: String,
+    /// True when another attempt may succeed.
+    pub retryable: bool,
+}
+
+impl NodeError {
+    fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// The error for an attempt that ran past its deadline.
+    pub fn timeout(after: Duration) -> Self {
+        Self::retryable(format!("timed out after {} ms", after.as_millis()))
+    }
+}
+
+/// Runs one attempt of `node` on `input` (`{inputs, nodes}`).
+pub async fn execute(
+    node: &NodeSpec,
+    input: Value,
+    http: &awc::Client,
+) -> Result<Value, NodeError> {
+    match &node.kind {
+        NodeKind::Transform { filter } => jq::run(filter, &input).map_err(NodeError::fatal),
+        NodeKind::Delay { ms } => {
+            actix_rt::time::sleep(Duration::from_millis(*ms)).await;
+            Ok(Value::Null)
+        }
+        NodeKind::Http(spec) => {
+            let timeout = node
+                .timeout_ms
+                .map_or(DEFAULT_HTTP_TIMEOUT, Duration::from_millis);
+            http_request(spec, &input, http, timeout).await
+        }
+    }
+}
+
+async fn http_request(
+    spec: &HttpSpec,
+    input: &Value,
+    http: &awc::Client,
+    timeout: Duration,
+) -> Result<Value, NodeError> {
+    let url = match (&spec.url, &spec.url_filter) {
+        (Some(u), _) => u.clone(),
+        (None, Some(f)) => match jq::run(f, input).map_err(NodeError::fatal)? {
+            Value::String(s) => s,
+            other => {
+                return Err(NodeError::fatal(format!(
+                    "url_filter gave {other}, not a string"
+                )))
+            }
+        },
+        (None, None) => return Err(NodeError::fatal("no url")),
+    };
+    let method = awc::http::Method::from_bytes(spec.method.as_bytes())
+        .map_err(|_| NodeError::fatal(format!("bad method {}", spec.method)))?;
+    let mut req = http.request(method, &url).timeout(timeout);
+    for (k, v) in &spec.headers {
+        req = req.insert_header((k.as_str(), v.as_str()));
+    }
+    let sent = match &spec.body {
+        Some(f) => {
+            let body = jq::run(f, input).map_err(NodeError::fatal)?;
+            req.send_json(&body).await
+        }
+        None => req.send().await,
+    };
+    let mut resp = sent.map_err(|e| NodeError::retryable(format!("{} {url}: {e}", spec.method)))?;
+    let status = resp.status();
+    let body =
+        resp.body().limit(MAX_HTTP_BODY_BYTES).await.map_err(|e| {
+            NodeError::retryable(format!("{} {url}: reading body: {e}", spec.method))
+        })?;
+    if status.is_server_error() {
+        return Err(NodeError::retryable(format!(
+            "{} {url} answered {status}",
+            spec.method
+        )));
+    }
+    if !status.is_success() {
+        return Err(NodeError::fatal(format!(
+            "{} {url} answered {status}",
+            spec.method
+        )));
+    }
+    Ok(serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())))
+}

@@ -1,0 +1,229 @@
+//! The Publisher: the single writer of run state and events to Redis.
+//!
+//! Run actors and the runner hand it [`Publish`] messages; it applies each
+//! [`Commit`] with the commit script (see `store`) and answers once the
+//! change is in Redis. Whatever arrives while a write is in flight is sent as
+//! the next pipeline, so under load one round trip carries many commits, and
+//! idle it adds no delay. Order is kept: commits leave in the order they
+//! arrived, and a failed pipeline is retried whole, in order, with
+//! exponential backoff until Redis answers again; the script's seq guard makes
+//! the retry of a commit that did land change nothing.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use redis::aio::ConnectionManager;
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::store::{Commit, COMMIT_LUA};
+
+/// Most commits in one pipeline.
+pub const MAX_BATCH: usize = 512;
+/// First retry delay after a failed write.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What became of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied; this many events were published.
+    Applied(u32),
+    /// Already applied earlier (same or older seq): nothing changed.
+    Duplicate,
+    /// The run's status was not the expected one (already initialised).
+    StatusMismatch,
+    /// Another runner holds the run's lease.
+    NotOwner,
+}
+
+impl Outcome {
+    fn from_script(v: i64) -> Self {
+        match v {
+            0 => Self::Duplicate,
+            -1 => Self::StatusMismatch,
+            -2 => Self::NotOwner,
+            n => Self::Applied(n.max(0) as u32),
+        }
+    }
+}
+
+/// Apply a commit; answered when it is durable in Redis (or the Publisher stops).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    /// The change.
+    pub commit: Commit,
+    /// Where the outcome goes.
+    pub done: oneshot::Sender<Outcome>,
+}
+
+/// Answered once every commit received before it has been written.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush {
+    /// Fired when the queue ahead of it is empty.
+    pub done: oneshot::Sender<()>,
+}
+
+enum Item {
+    Commit(Publish),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The Publisher actor.
+pub struct Publisher {
+    conn: ConnectionManager,
+    sha: String,
+    history_max: u64,
+    queue: VecDeque<Item>,
+    writing: bool,
+    backoff: Duration,
+    metrics: Metrics,
+}
+
+impl Publisher {
+    /// A Publisher writing through `conn`, capping each user's history at
+    /// `history_max` entries.
+    pub fn new(conn: ConnectionManager, history_max: u64, metrics: Metrics) -> Self {
+        Self {
+            conn,
+            sha: redis::Script::new(COMMIT_LUA).get_hash().to_owned(),
+            history_max,
+            queue: VecDeque::new(),
+            writing: false,
+            backoff: BACKOFF_MIN,
+            metrics,
+        }
+    }
+
+    /// Sends the queued commits as one pipeline, unless one is in flight.
+    fn write(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
+            return;
+        }
+        // Flush markers at the head have nothing ahead of them.
+        while let Some(Item::Flush(_)) = self.queue.front() {
+            if let Some(Item::Flush(done)) = self.queue.pop_front() {
+                let _ = done.send(());
+            }
+        }
+        let n = self
+            .queue
+            .iter()
+            .take(MAX_BATCH)
+            .take_while(|i| matches!(i, Item::Commit(_)))
+            .count();
+        if n == 0 {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for item in self.queue.iter().take(n) {
+            if let Item::Commit(p) = item {
+                p.commit.add_to(&mut pipe, &self.sha, self.history_max);
+            }
+        }
+        self.writing = true;
+        let mut conn = self.conn.clone();
+        let started = Instant::now();
+        async move {
+            let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+            match r {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Redis restarted or flushed its scripts: load and retry.
+                    let load: redis::RedisResult<String> = redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(COMMIT_LUA)
+                        .query_async(&mut conn)
+                        .await;
+                    match load {
+                        Ok(_) => pipe.query_async(&mut conn).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            }
+        }
+        .into_actor(self)
+        .map(move |r, act, ctx| {
+            act.writing = false;
+            match r {
+                Ok(outcomes) => {
+                    act.backoff = BACKOFF_MIN;
+                    act.metrics
+                        .publish_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    for o in outcomes {
+                        if let Some(Item::Commit(p)) = act.queue.pop_front() {
+                            let o = Outcome::from_script(o);
+                            if let Outcome::Applied(k) = o {
+                                act.metrics.events_published.inc_by(k as u64);
+                            }
+                            let _ = p.done.send(o);
+                        }
+                    }
+                    act.write(ctx);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "publisher: write of {n} commits failed ({e}); retrying in {:?}",
+                        act.backoff
+                    );
+                    act.metrics
+                        .redis_errors
+                        .with_label_values(&["publisher"])
+                        .inc();
+                    let wait = act.backoff;
+                    act.backoff = (act.backoff * 2).min(BACKOFF_MAX);
+                    ctx.run_later(wait, |act, ctx| act.write(ctx));
+                }
+            }
+        })
+        .spawn(ctx);
+    }
+}
+
+/// Commits arrive with `do_send`, which ignores the mailbox bound: the
+/// Publisher never refuses one; its queue is `queue`.
+impl Actor for Publisher {
+    type Context = Context<Self>;
+}
+
+impl Supervised for Publisher {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        log::warn!(
+            "publisher restarting with {} queued commits",
+            self.queue.len()
+        );
+        self.writing = false;
+    }
+}
+
+impl Handler<Publish> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
+        self.queue.push_back(Item::Commit(msg));
+        self.write(ctx);
+    }
+}
+
+impl Handler<Flush> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Flush, ctx: &mut Self::Context) {
+        self.queue.push_back(Item::Flush(msg.done));
+        self.write(ctx);
+    }
+}
+
+/// Sends a commit and waits until it is durable. `None` if the Publisher is gone.
+pub async fn publish(publisher: &Addr<Publisher>, commit: Commit) -> Option<Outcome> {
+    let (done, rx) = oneshot::channel();
+    publisher.do_send(Publish { commit, done });
+    rx.await.ok()
+}

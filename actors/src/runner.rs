@@ -1,0 +1,668 @@
+//! The runner: turns queued run requests into run actors, and resumes runs
+//! that lost their runner.
+//!
+//! Run requests sit in the `flowcast:runs:requests` stream, read by the
+//! `runners` consumer group, so several runner instances share the work and
+//! a request is acknowledged only by the commit that initialises its run (IR
+//! stored, counter set, entry tokens emitted, `workflow_started` published).
+//! On start a runner first re-reads its own unacknowledged requests; it also
+//! claims requests left pending by dead consumers (XAUTOCLAIM).
+//!
+//! Each live run is held under a lease (`flowcast:run:{id}:owner`), renewed
+//! by every commit and by a periodic sweep. Runs in `flowcast:runs:active`
+//! whose lease has lapsed (their runner died) are claimed and resumed: the run
+//! actor is rebuilt from Redis and its active nodes run again. A run's status
+//! guard makes initialising one run twice impossible.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use serde_json::Value;
+
+use crate::counter::{NodeStatus, RunState};
+use crate::error::Result;
+use crate::event::{now_ms, Event, EventBody};
+use crate::metrics::Metrics;
+use crate::publisher::{self, Outcome, Publisher};
+use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
+use crate::store::{self, Commit, NodeRecord, RunRecord};
+
+/// Runner settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// This instance's name: consumer name and lease holder. Stable across
+    /// restarts of the same instance, distinct between instances.
+    pub instance_id: String,
+    /// How long a run's lease lasts without renewal.
+    pub lease: Duration,
+    /// Largest workflow accepted.
+    pub max_nodes: usize,
+    /// Requests read per XREADGROUP.
+    pub read_batch: usize,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: "runner".into(),
+            lease: Duration::from_secs(15),
+            max_nodes: crate::workflow::DEFAULT_MAX_NODES,
+            read_batch: 256,
+        }
+    }
+}
+
+/// How long XREADGROUP blocks waiting for requests.
+const READ_BLOCK: Duration = Duration::from_millis(1000);
+/// Requests idle this long in a dead consumer's pending list are claimed.
+const CLAIM_IDLE: Duration = Duration::from_secs(30);
+/// Longest wait between retries of a failed read.
+const READ_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Cancel a run held by this runner; answers `None` if it holds no such run.
+#[derive(Message)]
+#[rtype(result = "Option<bool>")]
+pub struct CancelRun {
+    /// The run.
+    pub run_id: String,
+}
+
+/// Stop taking work, wait (at most `grace`) for live runs to end, let go of
+/// the rest (they resume on the next start) and flush the Publisher.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    /// How long live runs may take to finish.
+    pub grace: Duration,
+}
+
+/// Is the runner reading requests? (for `/readyz`)
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsReady;
+
+/// The runner actor.
+pub struct Runner {
+    cfg: RunnerConfig,
+    /// Commands (commits go through the Publisher).
+    conn: ConnectionManager,
+    /// A connection for blocking reads only.
+    reader: ConnectionManager,
+    publisher: Addr<Publisher>,
+    metrics: Metrics,
+    runs: HashMap<String, Addr<RunActor>>,
+    http: Rc<awc::Client>,
+    /// Read our own pending entries (id 0) before new ones (>).
+    backlog_done: bool,
+    read_backoff: Duration,
+    reading_ok: bool,
+    draining: bool,
+}
+
+impl Runner {
+    /// A runner using `conn` for reads and `reader` for blocking reads.
+    pub fn new(
+        cfg: RunnerConfig,
+        conn: ConnectionManager,
+        reader: ConnectionManager,
+        publisher: Addr<Publisher>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            cfg,
+            conn,
+            reader,
+            publisher,
+            metrics,
+            runs: HashMap::new(),
+            http: Rc::new(http_client()),
+            backlog_done: false,
+            read_backoff: Duration::from_millis(50),
+            reading_ok: false,
+            draining: false,
+        }
+    }
+
+    fn read(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        let mut conn = self.reader.clone();
+        let consumer = self.cfg.instance_id.clone();
+        let backlog = !self.backlog_done;
+        let mut opts = StreamReadOptions::default()
+            .group(store::GROUP, &consumer)
+            .count(self.cfg.read_batch);
+        if !backlog {
+            opts = opts.block(READ_BLOCK.as_millis() as usize);
+        }
+        let id = if backlog { "0" } else { ">" };
+        async move {
+            let r: redis::RedisResult<Option<StreamReadReply>> =
+                conn.xread_options(&[store::REQUESTS], &[id], &opts).await;
+            r
+        }
+        .into_actor(self)
+        .map(move |r, act, ctx| match r {
+            Ok(reply) => {
+                act.reading_ok = true;
+                act.read_backoff = Duration::from_millis(50);
+                let entries: Vec<_> = reply
+                    .into_iter()
+                    .flat_map(|r| r.keys)
+                    .flat_map(|k| k.ids)
+                    .collect();
+                if backlog && entries.is_empty() {
+                    act.backlog_done = true;
+                }
+                for e in entries {
+                    let run_id: Option<String> = e.get("run_id");
+                    act.metrics
+                        .run_queue_lag
+                        .observe(stream_id_age(&e.id).as_secs_f64());
+                    match run_id {
+                        Some(run_id) => act.init(e.id, run_id, ctx),
+                        None => act.ack(e.id, ctx),
+                    }
+                }
+                act.read(ctx);
+            }
+            Err(e) => {
+                act.reading_ok = false;
+                act.metrics
+                    .redis_errors
+                    .with_label_values(&["runner"])
+                    .inc();
+                if e.code() == Some("NOGROUP") {
+                    let mut conn = act.conn.clone();
+                    actix::spawn(async move {
+                        let _ = store::ensure_group(&mut conn).await;
+                    });
+                }
+                log::warn!(
+                    "runner: reading run requests failed ({e}); retrying in {:?}",
+                    act.read_backoff
+                );
+                let wait = act.read_backoff;
+                act.read_backoff = (act.read_backoff * 2).min(READ_BACKOFF_MAX);
+                ctx.run_later(wait, |act, ctx| act.read(ctx));
+            }
+        })
+        .spawn(ctx);
+    }
+
+    fn ack(&self, entry_id: String, _ctx: &mut Context<Self>) {
+        let mut conn = self.conn.clone();
+        actix::spawn(async move {
+            let _: redis::RedisResult<()> =
+                conn.xack(store::REQUESTS, store::GROUP, &[entry_id]).await;
+        });
+    }
+
+    /// Initialises a queued run (or resumes one initialised before a crash).
+    fn init(&mut self, entry_id: String, run_id: String, ctx: &mut Context<Self>) {
+        let mut conn = self.conn.clone();
+        let publisher = self.publisher.clone();
+        let cfg = self.cfg.clone();
+        let retry = (entry_id.clone(), run_id.clone());
+        async move { initialise(&mut conn, &publisher, &cfg, entry_id, run_id).await }
+            .into_actor(self)
+            .map(move |r, act, ctx| match r {
+                Ok(Init::Started(setup)) => {
+                    act.metrics.runs.with_label_values(&["started"]).inc();
+                    act.spawn_run(*setup, ctx)
+                }
+                Ok(Init::Resume(rec)) => act.resume(rec, ctx),
+                Ok(Init::Nothing) => {}
+                Err(e) => {
+                    log::warn!("run {}: initialisation failed ({e}); retrying", retry.1);
+                    ctx.run_later(Duration::from_millis(500), move |act, ctx| {
+                        act.init(retry.0, retry.1, ctx)
+                    });
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn spawn_run(&mut self, setup: RunSetup, ctx: &mut Context<Self>) {
+        let run_id = setup.run_id.clone();
+        if self.runs.contains_key(&run_id) {
+            return;
+        }
+        let actor = RunActor::new(
+            setup,
+            self.publisher.clone(),
+            ctx.address().recipient(),
+            self.http.clone(),
+            self.metrics.clone(),
+        );
+        self.runs.insert(run_id, actor.start());
+    }
+
+    /// Claims a run's lease and rebuilds its actor from Redis.
+    fn resume(&mut self, rec: RunRecord, ctx: &mut Context<Self>) {
+        if rec.status.is_terminal() || self.runs.contains_key(&rec.run_id) || self.draining {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let cfg = self.cfg.clone();
+        async move { claim_and_load(&mut conn, &cfg, rec).await }
+            .into_actor(self)
+            .map(|r, act, ctx| match r {
+                Ok(Some(setup)) => {
+                    log::info!("run {}: resumed at seq {}", setup.run_id, setup.seq);
+                    act.spawn_run(setup, ctx);
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("runner: resuming a run failed ({e})"),
+            })
+            .spawn(ctx);
+    }
+
+    /// Resumes unfinished runs whose lease has lapsed, and claims requests
+    /// left pending by dead consumers.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let live: Vec<String> = self.runs.keys().cloned().collect();
+        let cfg = self.cfg.clone();
+        async move {
+            renew_leases(&mut conn, &cfg, &live).await?;
+            let active: Vec<String> = conn.smembers(store::ACTIVE).await?;
+            let mut orphans = Vec::new();
+            for run_id in active.into_iter().filter(|r| !live.contains(r)) {
+                let owner: Option<String> = conn.get(store::owner_key(&run_id)).await?;
+                if owner.is_none() || owner.as_deref() == Some(&cfg.instance_id) {
+                    if let Some(rec) = store::load_run(&mut conn, &run_id).await? {
+                        orphans.push(rec);
+                    }
+                }
+            }
+            let claimed: redis::Value = redis::cmd("XAUTOCLAIM")
+                .arg(store::REQUESTS)
+                .arg(store::GROUP)
+                .arg(&cfg.instance_id)
+                .arg(CLAIM_IDLE.as_millis() as u64)
+                .arg("0")
+                .arg("COUNT")
+                .arg(256)
+                .query_async(&mut conn)
+                .await?;
+            Ok::<_, crate::error::Error>((orphans, claimed_entries(claimed)))
+        }
+        .into_actor(self)
+        .map(|r, act, ctx| match r {
+            Ok((orphans, claimed)) => {
+                for rec in orphans {
+                    if rec.status == crate::counter::RunStatus::Queued {
+                        continue; // still in the request stream
+                    }
+                    act.resume(rec, ctx);
+                }
+                for (entry_id, run_id) in claimed {
+                    act.init(entry_id, run_id, ctx);
+                }
+            }
+            Err(e) => {
+                act.metrics
+                    .redis_errors
+                    .with_label_values(&["runner"])
+                    .inc();
+                log::warn!("runner: sweep failed ({e})");
+            }
+        })
+        .spawn(ctx);
+    }
+}
+
+/// What initialising a request came to.
+enum Init {
+    Started(Box<RunSetup>),
+    Resume(RunRecord),
+    Nothing,
+}
+
+async fn initialise(
+    conn: &mut ConnectionManager,
+    publisher: &Addr<Publisher>,
+    cfg: &RunnerConfig,
+    entry_id: String,
+    run_id: String,
+) -> Result<Init> {
+    let Some(rec) = store::load_run(conn, &run_id).await? else {
+        log::warn!("run {run_id}: request without a run record; dropping it");
+        let _: () = conn
+            .xack(store::REQUESTS, store::GROUP, &[&entry_id])
+            .await?;
+        return Ok(Init::Nothing);
+    };
+    if rec.status != crate::counter::RunStatus::Queued {
+        // Initialised before (a crash before the ack): ack, then resume.
+        let _: () = conn
+            .xack(store::REQUESTS, store::GROUP, &[&entry_id])
+            .await?;
+        return Ok(Init::Resume(rec));
+    }
+    let dag = match rec.workflow.clone().compile(cfg.max_nodes) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            log::error!("run {run_id}: stored workflow is invalid ({e}); dropping it");
+            let _: () = conn
+                .xack(store::REQUESTS, store::GROUP, &[&entry_id])
+                .await?;
+            return Ok(Init::Nothing);
+        }
+    };
+    let state = RunState::start(&dag);
+    let mut c = Commit::new(&run_id, &rec.user, 1);
+    c.expect_status = Some("queued");
+    c.ack = Some(entry_id);
+    c.owner = Some(cfg.instance_id.clone());
+    c.lease_ms = Some(cfg.lease.as_millis() as u64);
+    c.active = 1;
+    c.set("status", "running");
+    c.set("counter", state.counter().to_string());
+    for &e in &dag.entries {
+        c.set_node(
+            &dag.node(e).id,
+            &NodeRecord::with_status(NodeStatus::Active),
+        );
+    }
+    let started = EventBody::WorkflowStarted {
+        run_id: run_id.clone(),
+        tag: rec.tag.clone(),
+        nodes: dag.len(),
+        entry_nodes: dag.entries.len(),
+    };
+    c.events.push(Event::new(started, 1).to_json());
+    match publisher::publish(publisher, c).await {
+        Some(Outcome::Applied(_)) => {}
+        Some(Outcome::StatusMismatch) => {
+            // Someone initialised it meanwhile; it is theirs or resumable.
+            return Ok(match store::load_run(conn, &run_id).await? {
+                Some(rec) => Init::Resume(rec),
+                None => Init::Nothing,
+            });
+        }
+        _ => return Ok(Init::Nothing),
+    }
+    let records = state
+        .nodes()
+        .iter()
+        .map(|&s| NodeRecord::with_status(s))
+        .collect();
+    Ok(Init::Started(Box::new(RunSetup {
+        run_id,
+        user: rec.user,
+        dag,
+        inputs: rec.inputs,
+        state,
+        records,
+        outputs: HashMap::new(),
+        seq: 1,
+        owner: cfg.instance_id.clone(),
+        lease: cfg.lease,
+    })))
+}
+
+/// Takes a run's lease (free, or already ours) and loads what resuming needs.
+async fn claim_and_load(
+    conn: &mut ConnectionManager,
+    cfg: &RunnerConfig,
+    rec: RunRecord,
+) -> Result<Option<RunSetup>> {
+    let claimed: i64 = redis::Script::new(CLAIM_LUA)
+        .key(store::owner_key(&rec.run_id))
+        .arg(&cfg.instance_id)
+        .arg(cfg.lease.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
+    if claimed == 0 {
+        return Ok(None);
+    }
+    // Re-read under the lease: the record may have moved since it was listed.
+    let Some(rec) = store::load_run(conn, &rec.run_id).await? else {
+        return Ok(None);
+    };
+    if rec.status.is_terminal() {
+        return Ok(None);
+    }
+    let dag = Arc::new(
+        rec.workflow
+            .clone()
+            .compile(usize::MAX)
+            .map_err(crate::error::Error::Corrupt)?,
+    );
+    let (state, records) = run::restore(&rec, &dag);
+    let mut outputs = HashMap::new();
+    let done: Vec<(usize, String)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.result_ref.clone()?)))
+        .collect();
+    if !done.is_empty() {
+        let keys: Vec<String> = done.iter().map(|(_, r)| store::result_key(r)).collect();
+        let blobs: Vec<Option<String>> = conn.mget(&keys).await?;
+        for ((i, _), blob) in done.into_iter().zip(blobs) {
+            let v = blob
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .unwrap_or(Value::Null);
+            outputs.insert(i, v);
+        }
+    }
+    Ok(Some(RunSetup {
+        run_id: rec.run_id,
+        user: rec.user,
+        dag,
+        inputs: rec.inputs,
+        state,
+        records,
+        outputs,
+        seq: rec.seq,
+        owner: cfg.instance_id.clone(),
+        lease: cfg.lease,
+    }))
+}
+
+/// Takes a lease that is free or already held by this instance.
+const CLAIM_LUA: &str = r#"
+local o = redis.call('GET', KEYS[1])
+if o and o ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// Extends the leases this instance holds.
+const RENEW_LUA: &str = r#"
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) end
+end
+return 1
+"#;
+
+/// Deletes the leases this instance holds.
+const RELEASE_LUA: &str = r#"
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+end
+return 1
+"#;
+
+async fn lease_op(
+    conn: &mut ConnectionManager,
+    lua: &str,
+    cfg: &RunnerConfig,
+    runs: &[String],
+) -> Result<()> {
+    let script = redis::Script::new(lua);
+    for chunk in runs.chunks(1000) {
+        let mut inv = script.prepare_invoke();
+        for r in chunk {
+            inv.key(store::owner_key(r));
+        }
+        inv.arg(&cfg.instance_id).arg(cfg.lease.as_millis() as u64);
+        let _: i64 = inv.invoke_async(conn).await?;
+    }
+    Ok(())
+}
+
+async fn renew_leases(
+    conn: &mut ConnectionManager,
+    cfg: &RunnerConfig,
+    runs: &[String],
+) -> Result<()> {
+    lease_op(conn, RENEW_LUA, cfg, runs).await
+}
+
+/// Parses XAUTOCLAIM's reply into (entry id, run id) pairs.
+fn claimed_entries(v: redis::Value) -> Vec<(String, String)> {
+    use redis::Value as V;
+    let V::Array(parts) = v else {
+        return Vec::new();
+    };
+    let Some(V::Array(entries)) = parts.into_iter().nth(1) else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let V::Array(e) = e else { return None };
+            let mut it = e.into_iter();
+            let id: String = redis::from_redis_value(it.next()?).ok()?;
+            let fields: Vec<String> = redis::from_redis_value(it.next()?).ok()?;
+            let pos = fields.iter().position(|f| f == "run_id")?;
+            Some((id, fields.get(pos + 1)?.clone()))
+        })
+        .collect()
+}
+
+impl Actor for Runner {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.read(ctx);
+        self.sweep(ctx);
+        ctx.run_interval(self.cfg.lease / 3, |act, ctx| act.sweep(ctx));
+    }
+}
+
+impl Handler<RunStopped> for Runner {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunStopped, _ctx: &mut Self::Context) {
+        self.runs.remove(&msg.run_id);
+    }
+}
+
+impl Handler<CancelRun> for Runner {
+    type Result = ResponseFuture<Option<bool>>;
+
+    fn handle(&mut self, msg: CancelRun, _ctx: &mut Self::Context) -> Self::Result {
+        let addr = self.runs.get(&msg.run_id).cloned();
+        Box::pin(async move {
+            match addr {
+                Some(a) => a.send(Cancel).await.ok(),
+                None => None,
+            }
+        })
+    }
+}
+
+impl Handler<IsReady> for Runner {
+    type Result = bool;
+
+    fn handle(&mut self, _: IsReady, _ctx: &mut Self::Context) -> bool {
+        self.reading_ok && !self.draining
+    }
+}
+
+impl Handler<Drain> for Runner {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        log::info!(
+            "runner: draining {} live runs (grace {:?})",
+            self.runs.len(),
+            msg.grace
+        );
+        let me = ctx.address();
+        let deadline = std::time::Instant::now() + msg.grace;
+        Box::pin(async move {
+            while std::time::Instant::now() < deadline {
+                match me.send(LiveRuns).await {
+                    Ok(n) if n > 0 => actix_rt::time::sleep(Duration::from_millis(20)).await,
+                    _ => break,
+                }
+            }
+            let _ = me.send(LetGo).await;
+        })
+    }
+}
+
+/// How many runs are live here.
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct LiveRuns;
+
+impl Handler<LiveRuns> for Runner {
+    type Result = usize;
+
+    fn handle(&mut self, _: LiveRuns, _ctx: &mut Self::Context) -> usize {
+        self.runs.len()
+    }
+}
+
+/// Stops the remaining run actors, flushes the Publisher and releases leases.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LetGo;
+
+impl Handler<LetGo> for Runner {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: LetGo, _ctx: &mut Self::Context) -> Self::Result {
+        let left: Vec<String> = self.runs.keys().cloned().collect();
+        for a in self.runs.values() {
+            // Their state is durable; the next runner resumes them.
+            a.do_send(run::Stop);
+        }
+        let mut conn = self.conn.clone();
+        let cfg = self.cfg.clone();
+        let publisher = self.publisher.clone();
+        Box::pin(async move {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            publisher.do_send(crate::publisher::Flush { done });
+            let _ = rx.await;
+            if !left.is_empty() {
+                log::info!(
+                    "runner: {} unfinished runs left for the next start",
+                    left.len()
+                );
+                let _ = lease_op(&mut conn, RELEASE_LUA, &cfg, &left).await;
+            }
+        })
+    }
+}
+
+fn stream_id_age(id: &str) -> Duration {
+    let ms: u64 = id
+        .split('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Duration::from_millis(now_ms().saturating_sub(ms))
+}
+
+/// The HTTP client of `http` nodes.
+fn http_client() -> awc::Client {
+    awc::Client::builder().disable_timeout().finish()
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Shared helpers for flowcast's scripts. Source it, do not run it:
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# Functions whose failure leaves nothing sensible to do (ensure_*) exit 1;
+# the others return non-zero so that the caller decides.
+
+# Messages go to stderr so that stdout stays usable for the callers' output.
+log_info() { printf '[flowcast] %s\n' "$*" >&2; }
+log_error() { printf '[flowcast] error: %s\n' "$*" >&2; }
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+# Returns 127 when neither is possible.
+_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        return 127
+    fi
+}
+
+# ensure_redis_installed: makes sure redis-server and redis-cli are on PATH.
+# Installs the Debian/Ubuntu package redis-server (which pulls in redis-tools,
+# the package of redis-cli) with apt-get, as root or through sudo. Exits 1 with
+# a message saying what to install when that is impossible.
+#
+# The package may try to start a Redis service on install; nothing here relies
+# on that (there may be no systemd): callers start their own Redis.
+ensure_redis_installed() {
+    if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+        return 0
+    fi
+    local missing=()
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-cli)
+    local how="install Redis (Debian/Ubuntu: 'apt-get install redis-server', which provides redis-server and redis-cli; macOS: 'brew install redis') and run this again"
+
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log_error "${missing[*]} not found on PATH and apt-get is not available: ${how}"
+        exit 1
+    fi
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+        log_error "${missing[*]} not found on PATH; installing needs root and sudo is not available: ${how}"
+        exit 1
+    fi
+
+    log_info "${missing[*]} not found; installing the redis-server package with apt-get"
+    if ! _as_root env DEBIAN_FRONTEND=noninteractive apt-get update \
+        || ! _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; then
+        log_error "apt-get could not install redis-server: ${how}"
+        exit 1
+    fi
+    hash -r
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        log_error "redis-server and redis-cli are still not on PATH after installing: ${how}"
+        exit 1
+    fi
+    log_info "installed $(redis-server --version | head -n 1)"
+}
+
+# redis_cli_url URL ARGS...: redis-cli -u URL ARGS..., quietly, within 5 s
+# (an unroutable host must not hang the caller).
+redis_cli_url() {
+    local url="$1"
+    shift
+    # redis-cli 7.0 sends AUTH "" pw for redis://:pw@host where clients send
+    # AUTH pw: spell out the user they mean.
+    if [[ "$url" == *://:*@* ]]; then
+        url="${url%%://*}://default${url#*://}"
+    fi
+    local -a guard=()
+    command -v timeout >/dev/null 2>&1 && guard=(timeout 5)
+    ${guard[@]+"${guard[@]}"} redis-cli --no-auth-warning -u "$url" "$@" 2>/dev/null
+}
+
+# redis_ping URL: succeeds when a Redis answers PONG at URL
+# (redis://[user:password@]host[:port][/db], as redis-cli -u takes it).
+redis_ping() {
+    local reply
+    reply="$(redis_cli_url "$1" ping)" || return 1
+    [ "$reply" = "PONG" ]
+}
+
+# redis_url_host URL / redis_url_port URL: the host (without IPv6 brackets)
+# and the port (6379 when absent) of a redis:// or rediss:// URL.
+_redis_url_authority() {
+    local rest="${1#*://}"  # drop the scheme
+    rest="${rest%%/*}"      # drop /db and anything after it
+    rest="${rest%%\?*}"     # drop ?query
+    rest="${rest##*@}"      # drop user:password@
+    printf '%s' "$rest"
+}
+redis_url_host() {
+    local auth
+    auth="$(_redis_url_authority "$1")"
+    if [[ "$auth" == \[* ]]; then # [::1]:6379
+        auth="${auth#\[}"
+        printf '%s\n' "${auth%%\]*}"
+    else
+        printf '%s\n' "${auth%%:*}"
+    fi
+}
+redis_url_port() {
+    local auth port=""
+    auth="$(_redis_url_authority "$1")"
+    if [[ "$auth" == \[* ]]; then
+        [[ "$auth" == *\]:* ]] && port="${auth##*\]:}"
+    elif [[ "$auth" == *:* ]]; then
+        port="${auth##*:}"
+    fi
+    printf '%s\n' "${port:-6379}"
+}
+
+# redis_url_is_local URL: succeeds when the URL's host is this machine's
+# loopback (127.0.0.1 or localhost), where start_local_redis can serve it.
+redis_url_is_local() {
+    case "$(redis_url_host "$1")" in
+        127.0.0.1 | localhost) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# start_local_redis PORT DATADIR [EXTRA_REDIS_SERVER_ARGS...]
+# Starts a daemonized redis-server on 127.0.0.1:PORT with AOF persistence
+# (appendfsync everysec, no RDB snapshots), its files under DATADIR (created
+# if needed): the AOF, redis.pid and redis.log. Waits until it answers PING,
+# at most ~10 s. Returns 1 (after showing the end of its log) if it does not.
+# The server outlives the caller; stop it with: redis-cli -p PORT shutdown
+start_local_redis() {
+    local port="$1" datadir="$2"
+    shift 2
+    if [ -z "$port" ] || [ -z "$datadir" ]; then
+        log_error "usage: start_local_redis PORT DATADIR [extra redis-server args...]"
+        return 2
+    fi
+    mkdir -p "$datadir" || return 1
+    datadir="$(cd "$datadir" && pwd)" || return 1 # redis-server wants absolute paths
+
+    local reply
+    reply="$(redis-cli -h 127.0.0.1 -p "$port" ping 2>&1)" || true
+    case "$reply" in
+        PONG | *NOAUTH*)
+            log_info "a Redis already answers on 127.0.0.1:${port}; not starting another"
+            return 0
+            ;;
+    esac
+
+    log_info "starting redis-server on 127.0.0.1:${port} (AOF, data in ${datadir})"
+    if ! redis-server \
+        --bind 127.0.0.1 \
+        --port "$port" \
+        --appendonly yes \
+        --appendfsync everysec \
+        --dir "$datadir" \
+        --save '' \
+        --daemonize yes \
+        --pidfile "$datadir/redis.pid" \
+        --logfile "$datadir/redis.log" \
+        "$@"; then
+        log_error "redis-server failed to start; see ${datadir}/redis.log"
+        [ -f "$datadir/redis.log" ] && tail -n 20 "$datadir/redis.log" >&2
+        return 1
+    fi
+
+    for _ in $(seq 1 100); do
+        # PING answers PONG without auth too; an auth error still means it is up.
+        reply="$(redis-cli -h 127.0.0.1 -p "$port" ping 2>&1)" || true
+        case "$reply" in
+            PONG | *NOAUTH*)
+                log_info "redis-server is up on 127.0.0.1:${port} (pid $(cat "$datadir/redis.pid" 2>/dev/null || echo '?'))"
+                return 0
+                ;;
+        esac
+        sleep 0.1
+    done
+    log_error "redis-server did not answer PING on 127.0.0.1:${port} within 10 s; end of ${datadir}/redis.log:"
+    [ -f "$datadir/redis.log" ] && tail -n 20 "$datadir/redis.log" >&2
+    return 1
+}
+
+# ensure_cargo: makes sure cargo is on PATH (picking up ~/.cargo/bin when a
+# rustup install has not been added to PATH yet); exits 1 otherwise.
+ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+        PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+        export PATH
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        log_error "cargo not found on PATH: install the Rust toolchain (https://rustup.rs: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh), then run this again"
+        exit 1
+    fi
+}

@@ -1,0 +1,16 @@
+//! The `flowcast` binary: parses the command line and hands over to the
+//! daemon (`serve`). Everything else lives in the `flowcast-actors` and
+//! `flowcast-web` crates.
+
+mod config;
+mod serve;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = config::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match cli.command {
+        config::Command::Serve(cfg) => serve::run(*cfg),
+    }
+}

@@ -1,0 +1,254 @@
+//! `flowcast serve`: wires the actors and listeners together and runs until a
+//! signal drains it.
+//!
+//! Start-up fails fast and says why (Redis unreachable: which URL and what to
+//! run). Shutdown: the first SIGTERM/SIGINT starts a drain — stop accepting
+//! runs and connections, let running work finish within the grace period
+//! (what does not finish is durable and resumes on the next start), flush the
+//! Publisher, close every session with 1001, exit 0. A second signal exits at
+//! once.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Supervisor};
+use actix_web::{App, HttpServer};
+use anyhow::{bail, Context};
+use flowcast_actors::metrics::Metrics;
+use flowcast_actors::publisher::Publisher;
+use flowcast_actors::runner::{Drain, Runner, RunnerConfig};
+use flowcast_actors::subscriber::{CloseAllSessions, Subscriber};
+use flowcast_actors::{registry, store};
+use flowcast_web::{AppState, Limits, WsConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::ServeConfig;
+
+/// Default workflows folder, used when present and none is configured.
+const DEFAULT_WORKFLOWS_DIR: &str = "examples/workflows";
+/// How long a Redis command may take before it counts as failed.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting to Redis may take.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time the HTTP servers get to finish requests after a drain.
+const SERVER_SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until it is drained.
+pub fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    actix_rt::System::new().block_on(serve(cfg))
+}
+
+async fn connect(
+    client: &redis::Client,
+    response_timeout: Option<Duration>,
+) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
+        .set_response_timeout(response_timeout)
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_with_config(client.clone(), config).await
+}
+
+fn workflows_dir(cfg: &ServeConfig) -> anyhow::Result<Option<PathBuf>> {
+    match &cfg.workflows_dir {
+        Some(d) if d.is_dir() => Ok(Some(d.clone())),
+        Some(d) => bail!("--workflows-dir {} is not a directory", d.display()),
+        None => Ok(Some(PathBuf::from(DEFAULT_WORKFLOWS_DIR)).filter(|d| d.is_dir())),
+    }
+}
+
+fn listener(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    s.listen(4096)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let client = redis::Client::open(cfg.redis_url.as_str())
+        .with_context(|| format!("--redis-url {:?} is not a Redis URL", cfg.redis_url))?;
+    let hint = "start one with scripts/start.sh, or `redis-server --appendonly yes`, or point --redis-url / FLOWCAST_REDIS_URL at a running Redis";
+    let redis = match connect(&client, Some(REDIS_RESPONSE_TIMEOUT)).await {
+        Ok(c) => c,
+        Err(e) => bail!("cannot reach Redis at {}: {e}; {hint}", cfg.redis_url),
+    };
+    let mut probe = redis.clone();
+    if let Err(e) = redis::cmd("PING").query_async::<String>(&mut probe).await {
+        bail!(
+            "Redis at {} does not answer PING: {e}; {hint}",
+            cfg.redis_url
+        );
+    }
+    log::info!("connected to Redis at {}", cfg.redis_url);
+
+    let metrics = Metrics::new();
+    let draining = Arc::new(AtomicBool::new(false));
+    let limits = Limits {
+        max_body_bytes: cfg.max_body_bytes,
+        max_nodes: cfg.max_nodes,
+        ..Limits::default()
+    };
+    let ws_cfg = WsConfig {
+        heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms.max(100)),
+        client_timeout: Duration::from_millis(cfg.client_timeout_ms),
+        max_queue_msgs: cfg.max_queue_msgs.max(1),
+        ..WsConfig::default()
+    };
+
+    let mut runner = None;
+    if cfg.role.runs_runner() {
+        store::ensure_group(&mut redis.clone()).await?;
+        if let Some(dir) = workflows_dir(&cfg)? {
+            let dags = registry::read_dir(&dir, cfg.max_nodes)?;
+            for dag in &dags {
+                registry::put(&mut redis.clone(), dag).await?;
+            }
+            log::info!("registered {} workflows from {}", dags.len(), dir.display());
+        }
+        let publisher = {
+            let (conn, m, max) = (redis.clone(), metrics.clone(), cfg.history_max);
+            Supervisor::start(move |_| Publisher::new(conn, max, m))
+        };
+        // Blocking reads get their own connection, with room for the BLOCK time.
+        let reader = connect(&client, Some(Duration::from_secs(10))).await?;
+        let instance_id = cfg.instance_id.clone().unwrap_or_else(default_instance_id);
+        log::info!("runner instance {instance_id}");
+        let rcfg = RunnerConfig {
+            instance_id,
+            lease: Duration::from_millis(cfg.lease_ms.max(1000)),
+            max_nodes: cfg.max_nodes,
+            ..RunnerConfig::default()
+        };
+        runner = Some(Runner::new(rcfg, redis.clone(), reader, publisher, metrics.clone()).start());
+    }
+
+    let (mut subscriber, mut subscriber_ready) = (None, None);
+    if cfg.role.runs_fanout() {
+        let sub = Subscriber::new(client.clone(), cfg.max_sessions_per_user, metrics.clone());
+        subscriber_ready = Some(sub.ready());
+        subscriber = Some(Supervisor::start(move |_| sub));
+    }
+
+    let state = AppState {
+        redis: redis.clone(),
+        runner: runner.clone(),
+        subscriber: subscriber.clone(),
+        subscriber_ready,
+        draining: draining.clone(),
+        limits,
+        ws: ws_cfg.clone(),
+        next_session: Arc::new(AtomicU64::new(1)),
+        metrics,
+    };
+
+    let mut servers = Vec::new();
+    if cfg.role.runs_runner() {
+        let st = state.clone();
+        let mut srv =
+            HttpServer::new(move || App::new().configure(flowcast_web::configure_api(st.clone())))
+                .disable_signals()
+                .shutdown_timeout(SERVER_SHUTDOWN.as_secs());
+        if let Some(w) = cfg.workers {
+            srv = srv.workers(w);
+        }
+        let srv = srv.listen(listener(cfg.api_addr, false)?)?;
+        for a in srv.addrs() {
+            log::info!("api listening on {a}");
+        }
+        servers.push(srv.run());
+    }
+    if cfg.role.runs_fanout() {
+        let st = state.clone();
+        let user_timeout = ws_cfg.tcp_user_timeout;
+        let mut srv =
+            HttpServer::new(move || App::new().configure(flowcast_web::configure_ws(st.clone())))
+                .disable_signals()
+                .shutdown_timeout(SERVER_SHUTDOWN.as_secs())
+                .max_connections(100_000)
+                .backlog(4096)
+                .on_connect(move |conn, _ext| {
+                    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                        let _ = tcp.set_nodelay(true);
+                        // Cuts a peer that stopped reading, even if its session is stalled.
+                        let _ =
+                            socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(user_timeout));
+                    }
+                });
+        if let Some(w) = cfg.workers {
+            srv = srv.workers(w);
+        }
+        let srv = srv.listen(listener(cfg.ws_addr, cfg.reuse_port)?)?;
+        for a in srv.addrs() {
+            log::info!("ws listening on {a}");
+        }
+        servers.push(srv.run());
+    }
+    let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
+    for s in servers {
+        actix_rt::spawn(s);
+    }
+
+    wait_for_signal().await;
+    log::info!(
+        "draining (grace {} ms); a second signal exits at once",
+        cfg.drain_grace_ms
+    );
+    draining.store(true, Ordering::SeqCst);
+    actix_rt::spawn(async {
+        wait_for_signal().await;
+        log::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    if let Some(r) = &runner {
+        let _ = r
+            .send(Drain {
+                grace: Duration::from_millis(cfg.drain_grace_ms),
+            })
+            .await;
+    }
+    if let Some(s) = &subscriber {
+        let _ = s.send(CloseAllSessions).await;
+        // Let the close frames reach the sockets.
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    for h in handles {
+        h.stop(true).await;
+    }
+    log::info!("drained; bye");
+    Ok(())
+}
+
+fn default_instance_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flowcast".into())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon runs until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

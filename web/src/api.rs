@@ -1,0 +1,364 @@
+//! The REST API under `/api/v1`: workflows, runs, results.
+//!
+//! Handlers are thin: validate the request, read or write Redis, answer.
+//! Runs are accepted by writing them durably (run hash and request stream in
+//! one MULTI/EXEC) and answered 202; a runner initialises them. A Redis
+//! failure is a 503, never a 202 for work that was not stored.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse};
+use flowcast_actors::counter::RunStatus;
+use flowcast_actors::runner::CancelRun;
+use flowcast_actors::workflow::{validate_tag, Workflow};
+use flowcast_actors::{registry, result, store};
+use redis::AsyncCommands;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::User;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Registers the `/api/v1` routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .route("/workflows", web::get().to(list_workflows))
+            .route("/workflows/{tag}", web::put().to(put_workflow))
+            .route("/workflows/{tag}", web::get().to(get_workflow))
+            .route("/workflows/{tag}", web::delete().to(delete_workflow))
+            .route("/workflows/{tag}/execute", web::post().to(execute))
+            .route("/runs", web::post().to(create_run))
+            .route("/runs", web::get().to(list_runs))
+            .route("/runs/{id}", web::get().to(get_run))
+            .route("/runs/{id}/events", web::get().to(run_events))
+            .route("/runs/{id}/cancel", web::post().to(cancel_run))
+            .route("/results/{ref}", web::get().to(get_result)),
+    );
+}
+
+fn tag_of(path: &str) -> Result<&str, ApiError> {
+    validate_tag(path).map_err(|m| ApiError::bad_request("invalid_tag", m))?;
+    Ok(path)
+}
+
+fn check_run_id(id: &str) -> Result<(), ApiError> {
+    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| {
+        ApiError::bad_request("invalid_run_id", format!("run id {id:?} is not a UUID"))
+    })
+}
+
+async fn put_workflow(
+    st: web::Data<AppState>,
+    _user: User,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let tag = tag_of(&path)?;
+    let mut body = body.into_inner();
+    let Some(obj) = body.as_object_mut() else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_workflow",
+            "a workflow is a JSON object",
+        ));
+    };
+    match obj.get("tag") {
+        None => {
+            obj.insert("tag".into(), Value::String(tag.into()));
+        }
+        Some(Value::String(t)) if t == tag => {}
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_workflow",
+                format!("tag {other} in the body differs from {tag:?} in the path"),
+            ))
+        }
+    }
+    let wf: Workflow = serde_json::from_value(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_workflow",
+            e.to_string(),
+        )
+    })?;
+    let dag = wf
+        .compile(st.limits.max_nodes)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
+    let replaced = registry::put(&mut st.redis.clone(), &dag).await?;
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(HttpResponse::build(status).json(json!({
+        "tag": dag.workflow.tag,
+        "nodes": dag.len(),
+        "entry_nodes": dag.entries.len(),
+    })))
+}
+
+async fn get_workflow(
+    st: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tag = tag_of(&path)?;
+    match registry::get(&mut st.redis.clone(), tag).await? {
+        Some(wf) => Ok(HttpResponse::Ok().json(wf)),
+        None => Err(ApiError::not_found(format!("workflow {tag:?} not found"))),
+    }
+}
+
+async fn delete_workflow(
+    st: web::Data<AppState>,
+    _user: User,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tag = tag_of(&path)?;
+    if registry::delete(&mut st.redis.clone(), tag).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::not_found(format!("workflow {tag:?} not found")))
+    }
+}
+
+async fn list_workflows(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let tags = registry::list(&mut st.redis.clone()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "workflows": tags })))
+}
+
+/// `POST /api/v1/runs` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    tag: String,
+    #[serde(default)]
+    inputs: Option<Value>,
+}
+
+/// `POST /api/v1/workflows/{tag}/execute` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteRequest {
+    #[serde(default)]
+    inputs: Option<Value>,
+}
+
+async fn create_run(
+    st: web::Data<AppState>,
+    user: User,
+    body: web::Json<RunRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let RunRequest { tag, inputs } = body.into_inner();
+    submit(&st, &user, &tag, inputs).await
+}
+
+async fn execute(
+    st: web::Data<AppState>,
+    user: User,
+    path: web::Path<String>,
+    body: Option<web::Json<ExecuteRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    let inputs = body.and_then(|b| b.into_inner().inputs);
+    submit(&st, &user, &path, inputs).await
+}
+
+async fn submit(
+    st: &AppState,
+    user: &User,
+    tag: &str,
+    inputs: Option<Value>,
+) -> Result<HttpResponse, ApiError> {
+    if st.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(flowcast_actors::Error::ShuttingDown.into());
+    }
+    let tag = tag_of(tag)?;
+    let inputs = match inputs {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_inputs",
+                format!("inputs must be a JSON object, not {}", kind_of(&other)),
+            ))
+        }
+    };
+    let mut conn = st.redis.clone();
+    let Some(wf) = registry::get(&mut conn, tag).await? else {
+        return Err(ApiError::not_found(format!("workflow {tag:?} not found")));
+    };
+    let run_id = uuid::Uuid::new_v4().to_string();
+    store::enqueue_run(&mut conn, &run_id, &user.0, &wf, &inputs).await?;
+    st.metrics.runs_accepted.inc();
+    let location = format!("/api/v1/runs/{run_id}");
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, location))
+        .json(json!({"run_id": run_id, "tag": tag, "status": "queued"})))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Loads a run the caller owns; another user's run is a 404, as if absent.
+async fn owned_run(st: &AppState, user: &User, id: &str) -> Result<store::RunRecord, ApiError> {
+    check_run_id(id)?;
+    match store::load_run(&mut st.redis.clone(), id).await? {
+        Some(r) if r.user == user.0 => Ok(r),
+        _ => Err(ApiError::not_found(format!("run {id} not found"))),
+    }
+}
+
+async fn get_run(
+    st: web::Data<AppState>,
+    user: User,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let run = owned_run(&st, &user, &path).await?;
+    Ok(HttpResponse::Ok().json(run.to_view()))
+}
+
+/// `GET /api/v1/runs` query.
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    st: web::Data<AppState>,
+    user: User,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, st.limits.max_list);
+    let mut conn = st.redis.clone();
+    let ids: Vec<String> = conn
+        .zrevrange(store::user_runs_key(&user.0), 0, limit as isize - 1)
+        .await
+        .map_err(flowcast_actors::Error::from)?;
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.hmget(
+            store::run_key(id),
+            &["tag", "status", "counter", "created_ms"],
+        );
+    }
+    let rows: Vec<(Option<String>, Option<String>, Option<u32>, Option<u64>)> = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(flowcast_actors::Error::from)?;
+    let runs: Vec<Value> = ids
+        .iter()
+        .zip(rows)
+        .filter_map(|(id, (tag, status, counter, created_ms))| {
+            Some(json!({"run_id": id, "tag": tag?, "status": status?, "counter": counter, "created_ms": created_ms}))
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
+}
+
+async fn run_events(
+    st: web::Data<AppState>,
+    user: User,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    owned_run(&st, &user, &path).await?;
+    let events: Vec<String> = st
+        .redis
+        .clone()
+        .lrange(store::run_events_key(&path), 0, -1)
+        .await
+        .map_err(flowcast_actors::Error::from)?;
+    // Stored events are JSON objects written by the commit script.
+    let body = format!(
+        "{{\"run_id\":\"{}\",\"events\":[{}]}}",
+        path.as_str(),
+        events.join(",")
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+async fn cancel_run(
+    st: web::Data<AppState>,
+    user: User,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let run = owned_run(&st, &user, &path).await?;
+    if run.status.is_terminal() {
+        if run.status == RunStatus::Cancelled {
+            return Ok(
+                HttpResponse::Ok().json(json!({"run_id": run.run_id, "status": "cancelled"}))
+            );
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "run_finished",
+            format!("run {} already {}", run.run_id, run.status.as_str()),
+        ));
+    }
+    let cancelled = match &st.runner {
+        Some(r) => r
+            .send(CancelRun {
+                run_id: run.run_id.clone(),
+            })
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    match cancelled {
+        Some(true) => Ok(HttpResponse::Accepted().json(json!({"run_id": run.run_id, "status": "cancelled"}))),
+        Some(false) => {
+            // It ended meanwhile; say how.
+            let now = owned_run(&st, &user, &run.run_id).await?;
+            if now.status == RunStatus::Cancelled {
+                Ok(HttpResponse::Ok().json(json!({"run_id": now.run_id, "status": "cancelled"})))
+            } else {
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "run_finished",
+                    format!("run {} already {}", now.run_id, now.status.as_str()),
+                ))
+            }
+        }
+        None => Err(ApiError::unavailable(format!(
+            "run {} is not held by this instance's runner (queued, or owned by another instance); retry shortly",
+            run.run_id
+        ))),
+    }
+}
+
+async fn get_result(
+    st: web::Data<AppState>,
+    user: User,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let r = path.as_str();
+    if !result::is_valid_ref(r) {
+        return Err(ApiError::bad_request(
+            "invalid_ref",
+            format!("{r:?} is not sha256:<64 hex digits>"),
+        ));
+    }
+    let mut conn = st.redis.clone();
+    let (mine, blob): (bool, Option<String>) = redis::pipe()
+        .sismember(store::user_results_key(&user.0), r)
+        .get(store::result_key(r))
+        .query_async(&mut conn)
+        .await
+        .map_err(flowcast_actors::Error::from)?;
+    match (mine, blob) {
+        (true, Some(b)) => Ok(HttpResponse::Ok().content_type("application/json").body(b)),
+        _ => Err(ApiError::not_found(format!("result {r} not found"))),
+    }
+}

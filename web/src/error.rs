@@ -1,0 +1,130 @@
+//! The one mapping from errors to HTTP responses.
+//!
+//! Every error leaves as `{"error": {"code": "...", "message": "..."}}` with
+//! the right status. Client mistakes (4xx) are logged at debug level, never
+//! as errors; a 5xx's details go to the log, not to the client.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use flowcast_actors::Error as CoreError;
+use serde_json::json;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What is wrong, for humans; names the field or thing.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with a message naming the bad field.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404 for a thing that does not exist or is not the caller's.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 401 for a missing or invalid identity.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 503 while Redis is unreachable or the daemon drains.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::InvalidWorkflow(m) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m)
+            }
+            CoreError::InvalidInput(m) => Self::bad_request("invalid_input", m),
+            CoreError::NotFound(m) => Self::not_found(format!("{m} not found")),
+            CoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            CoreError::Redis(e) => {
+                log::warn!("api: redis error: {e}");
+                Self::unavailable("Redis is unreachable; the request was not accepted, retry later")
+            }
+            CoreError::ShuttingDown => {
+                Self::unavailable("the daemon is shutting down; retry on another instance")
+            }
+            CoreError::Corrupt(m) => {
+                log::error!("api: corrupt stored data: {m}");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status.is_client_error() {
+            log::debug!(
+                "api: {} {}: {}",
+                self.status.as_u16(),
+                self.code,
+                self.message
+            );
+        }
+        HttpResponse::build(self.status)
+            .json(json!({"error": {"code": self.code, "message": self.message}}))
+    }
+}
+
+/// Maps actix's JSON extractor errors to [`ApiError`]s naming the problem.
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    let e = match &err {
+        J::Overflow { limit } | J::OverflowKnownLength { limit, .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than {limit} bytes"),
+        ),
+        J::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ),
+        J::Deserialize(d) if d.is_data() => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("invalid body: {d}"),
+        ),
+        J::Deserialize(d) => {
+            ApiError::bad_request("malformed_json", format!("body is not valid JSON: {d}"))
+        }
+        other => ApiError::bad_request("bad_body", format!("could not read the body: {other}")),
+    };
+    e.into()
+}

@@ -1,0 +1,70 @@
+//! flowcast's HTTP and WebSocket edge.
+//!
+//! # Layout
+//!
+//! - [`state`]: [`AppState`], what every handler shares, and the limits;
+//! - [`error`]: [`ApiError`], the one mapping from errors to JSON responses;
+//! - [`auth`]: the caller's username (`X-User-ID`);
+//! - [`api`]: the REST API under `/api/v1`;
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`ws`]: the `/ws` upgrade and its query parameters;
+//! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection.
+//!
+//! [`configure_api`] and [`configure_ws`] mount these on the two listeners;
+//! the daemon (`src/`) builds the servers.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod session;
+pub mod state;
+pub mod ws;
+
+use actix_web::web;
+
+pub use error::ApiError;
+pub use state::{AppState, Limits, WsConfig};
+
+fn common(cfg: &mut web::ServiceConfig, st: &AppState) {
+    cfg.app_data(web::Data::new(st.clone()))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(st.limits.max_body_bytes)
+                .content_type_required(false)
+                .error_handler(error::json_error),
+        )
+        .app_data(web::QueryConfig::default().error_handler(|e, _| {
+            ApiError::bad_request("invalid_query", format!("bad query string: {e}")).into()
+        }))
+        .app_data(web::PathConfig::default().error_handler(|e, _| {
+            ApiError::bad_request("invalid_path", format!("bad path: {e}")).into()
+        }))
+        .configure(health::configure);
+}
+
+async fn no_route(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Mounts the REST API and health routes (the API listener).
+pub fn configure_api(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        common(cfg, &st);
+        cfg.configure(api::configure)
+            .default_service(web::to(no_route));
+    }
+}
+
+/// Mounts `/ws` and health routes (the fan-out listener).
+pub fn configure_ws(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        common(cfg, &st);
+        cfg.route("/ws", web::get().to(ws::ws_index))
+            .default_service(web::to(no_route));
+    }
+}

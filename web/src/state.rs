@@ -1,0 +1,82 @@
+//! What every handler shares: Redis, the local actors, limits and metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use flowcast_actors::metrics::Metrics;
+use flowcast_actors::runner::Runner;
+use flowcast_actors::subscriber::Subscriber;
+use redis::aio::ConnectionManager;
+
+/// Limits on what clients may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most nodes per workflow.
+    pub max_nodes: usize,
+    /// Most runs listed by `GET /api/v1/runs`.
+    pub max_list: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_nodes: flowcast_actors::workflow::DEFAULT_MAX_NODES,
+            max_list: 1000,
+        }
+    }
+}
+
+/// WebSocket session settings.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// How often the server pings.
+    pub heartbeat_interval: Duration,
+    /// How long after a missed heartbeat the peer is dropped.
+    pub client_timeout: Duration,
+    /// Frames a session may have queued before it counts as too slow.
+    pub max_queue_msgs: usize,
+    /// Largest frame a client may send, in bytes.
+    pub max_frame_bytes: usize,
+    /// Kernel timeout for unacknowledged data (cuts peers that stopped reading).
+    pub tcp_user_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(25),
+            client_timeout: Duration::from_secs(10),
+            max_queue_msgs: 1024,
+            max_frame_bytes: 64 * 1024,
+            tcp_user_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared by the REST and WebSocket handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Commands to Redis (auto-reconnecting).
+    pub redis: ConnectionManager,
+    /// The local runner, when this process runs one.
+    pub runner: Option<Addr<Runner>>,
+    /// The local Subscriber, when this process serves WebSockets.
+    pub subscriber: Option<Addr<Subscriber>>,
+    /// The Subscriber's readiness.
+    pub subscriber_ready: Option<Arc<AtomicBool>>,
+    /// True once a drain has begun: no new work is accepted.
+    pub draining: Arc<AtomicBool>,
+    /// Client limits.
+    pub limits: Limits,
+    /// WebSocket settings.
+    pub ws: WsConfig,
+    /// Session ids.
+    pub next_session: Arc<AtomicU64>,
+    /// Metrics.
+    pub metrics: Metrics,
+}

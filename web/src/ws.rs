@@ -1,0 +1,277 @@
+//! `GET /ws?username=U`: the WebSocket endpoint (the seed's URL).
+//!
+//! Query parameters: `username` (required), `types=a,b` and `run_id=` (server-side
+//! filters), `last_event_id=` (replay from history first). Everything is
+//! checked before the upgrade, so a bad request gets an HTTP 4xx with a JSON
+//! error, never a socket that closes at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use bytestring::ByteString;
+use flowcast_actors::fanout::{CloseSession, Filter, Frame, SessionHandle};
+use flowcast_actors::store;
+use flowcast_actors::subscriber::{Join, JoinError};
+use flowcast_actors::user::validate_username;
+
+use crate::error::ApiError;
+use crate::session::{Replay, WsSession};
+use crate::state::AppState;
+
+/// Event types a `types=` filter may name.
+pub const EVENT_TYPES: &[&str] = &[
+    "workflow_started",
+    "node_completed",
+    "node_failed",
+    "workflow_completed",
+    "workflow_failed",
+    "workflow_cancelled",
+];
+
+/// History entries read per page while replaying.
+const REPLAY_PAGE: usize = 1000;
+
+/// A parsed `/ws` query.
+#[derive(Debug, PartialEq)]
+pub struct WsQuery {
+    /// The user.
+    pub username: String,
+    /// Filters.
+    pub filter: Filter,
+    /// Replay after this history id.
+    pub last_event_id: Option<String>,
+}
+
+/// Parses and checks a `/ws` query string.
+pub fn parse_query(qs: &str) -> Result<WsQuery, ApiError> {
+    let q: HashMap<String, String> = web::Query::<HashMap<String, String>>::from_query(qs)
+        .map_err(|e| {
+            ApiError::bad_request("invalid_query", format!("malformed query string: {e}"))
+        })?
+        .into_inner();
+    let Some(username) = q.get("username").cloned() else {
+        return Err(ApiError::bad_request(
+            "missing_username",
+            "the username query parameter is required",
+        ));
+    };
+    validate_username(&username).map_err(|m| ApiError::bad_request("invalid_user", m))?;
+    let types = match q.get("types") {
+        None => None,
+        Some(t) => {
+            let list: Vec<String> = t
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            if list.is_empty() {
+                return Err(ApiError::bad_request("invalid_types", "types is empty"));
+            }
+            if let Some(bad) = list.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {
+                return Err(ApiError::bad_request(
+                    "invalid_types",
+                    format!(
+                        "unknown event type {bad:?} in types; known: {}",
+                        EVENT_TYPES.join(",")
+                    ),
+                ));
+            }
+            Some(list)
+        }
+    };
+    let run_id = match q.get("run_id") {
+        None => None,
+        Some(r) => {
+            uuid::Uuid::parse_str(r).map_err(|_| {
+                ApiError::bad_request("invalid_run_id", format!("run_id {r:?} is not a UUID"))
+            })?;
+            Some(r.clone())
+        }
+    };
+    let last_event_id = match q.get("last_event_id") {
+        None => None,
+        Some(id) if id == "0" || id == "0-0" => Some("0-0".to_owned()),
+        Some(id) => {
+            store::parse_id(id).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_last_event_id",
+                    format!("last_event_id {id:?} is not an event id (like 1700000000000-0)"),
+                )
+            })?;
+            Some(id.clone())
+        }
+    };
+    Ok(WsQuery {
+        username,
+        filter: Filter { types, run_id },
+        last_event_id,
+    })
+}
+
+/// The `/ws` handler.
+pub async fn ws_index(
+    req: HttpRequest,
+    stream: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = parse_query(req.query_string())?;
+    let Some(subscriber) = st.subscriber.clone() else {
+        return Err(ApiError::not_found(
+            "this instance serves no WebSockets (role runner)",
+        ));
+    };
+    if st.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable(
+            "the server is shutting down; reconnect to another instance",
+        ));
+    }
+    let id = st.next_session.fetch_add(1, Ordering::Relaxed);
+    let session = WsSession {
+        id,
+        user: q.username.clone(),
+        filter: q.filter.clone(),
+        subscriber: subscriber.clone(),
+        cfg: st.ws.clone(),
+        metrics: st.metrics.clone(),
+        held: q.last_event_id.as_ref().map(|_| Vec::new()),
+        last_seen: Instant::now(),
+    };
+    let (addr, resp) = ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(st.ws.max_frame_bytes)
+        .start_with_addr()
+        .map_err(|e| {
+            ApiError::bad_request(
+                "not_websocket",
+                format!("expected a WebSocket upgrade: {e}"),
+            )
+        })?;
+    let handle = SessionHandle {
+        id,
+        frames: addr.clone().recipient(),
+        close: addr.clone().recipient(),
+        filter: q.filter.clone(),
+    };
+    match subscriber
+        .send(Join {
+            user: q.username.clone(),
+            session: handle,
+        })
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(JoinError::TooManySessions(n))) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                format!("user {:?} already has {n} sessions, the limit", q.username),
+            ))
+        }
+        Err(_) => return Err(ApiError::unavailable("fan-out is restarting; retry")),
+    }
+    if let Some(after) = q.last_event_id {
+        let mut conn = st.redis.clone();
+        let filter = q.filter;
+        let user = q.username;
+        actix_rt::spawn(async move {
+            match replay(&mut conn, &user, &after, &filter).await {
+                Ok(r) => addr.do_send(r),
+                Err(e) => {
+                    log::warn!("session {id}: replay for {user} failed: {e}");
+                    addr.do_send(CloseSession {
+                        code: 1011,
+                        reason: "history unavailable; retry",
+                    });
+                }
+            }
+        });
+    }
+    Ok(resp)
+}
+
+/// Reads the history after `after`, filtered, with a `replay_gap` notice first
+/// when events after `after` were already trimmed.
+async fn replay(
+    conn: &mut redis::aio::ConnectionManager,
+    user: &str,
+    after: &str,
+    filter: &Filter,
+) -> flowcast_actors::Result<Replay> {
+    let mut frames = Vec::new();
+    if let Some(oldest) = store::history_gap(conn, user, after).await? {
+        frames.push(ByteString::from(
+            serde_json::json!({
+                "type": "replay_gap",
+                "requested_after": after,
+                "oldest_available": oldest,
+                "message": "events after last_event_id were trimmed from history; replay starts at oldest_available",
+            })
+            .to_string(),
+        ));
+    }
+    let mut cursor = after.to_owned();
+    loop {
+        let page = store::read_history(conn, user, &cursor, REPLAY_PAGE).await?;
+        let n = page.len();
+        for (id, text) in page {
+            cursor = id;
+            if let Some(f) = Frame::parse(ByteString::from(text)) {
+                if filter.matches(&f.0) {
+                    frames.push(f.0.text.clone());
+                }
+            }
+        }
+        if n < REPLAY_PAGE {
+            break;
+        }
+    }
+    let last_id = if cursor == after {
+        String::new()
+    } else {
+        cursor
+    };
+    // Nothing replayed: release live events newer than the client's id.
+    let last_id = if last_id.is_empty() {
+        after.to_owned()
+    } else {
+        last_id
+    };
+    Ok(Replay { frames, last_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_seeds_url_and_filters() {
+        let q = parse_query("username=test-user").unwrap();
+        assert_eq!(q.username, "test-user");
+        assert_eq!(q.filter, Filter::default());
+        let q = parse_query(
+            "username=bob%40example.com&types=workflow_completed,node_completed&last_event_id=5-1",
+        )
+        .unwrap();
+        assert_eq!(q.username, "bob@example.com");
+        assert_eq!(q.filter.types.unwrap().len(), 2);
+        assert_eq!(q.last_event_id.as_deref(), Some("5-1"));
+    }
+
+    #[test]
+    fn rejects_bad_queries() {
+        for (qs, code) in [
+            ("", "missing_username"),
+            ("username=", "invalid_user"),
+            ("username=a%0Ab", "invalid_user"),
+            ("username=a&types=bogus", "invalid_types"),
+            ("username=a&run_id=nope", "invalid_run_id"),
+            ("username=a&last_event_id=xyz", "invalid_last_event_id"),
+        ] {
+            assert_eq!(parse_query(qs).unwrap_err().code, code, "{qs}");
+        }
+    }
+}
