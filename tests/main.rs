@@ -1,1 +1,12 @@
-fn main() {}
+//! Integration tests: the real daemon against a private real Redis, driven
+//! over HTTP, Redis PubSub and real WebSocket clients. One test binary (see
+//! `autotests = false`) keeps link time down.
+
+mod support;
+
+mod errors;
+mod fanout;
+mod recovery;
+mod replay;
+mod runs;
+mod seed;
