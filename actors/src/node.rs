@@ -99,7 +99,10 @@ async fn http_request(
         }
         None => req.send().await,
     };
-    let mut resp = sent.map_err(|e| NodeError::retryable(format!("{} {url}: {e}", spec.method)))?;
+    let mut resp = sent.map_err(|e| match e {
+        awc::error::SendRequestError::Timeout => NodeError::timeout(timeout),
+        e => NodeError::retryable(format!("{} {url}: {e}", spec.method)),
+    })?;
     let status = resp.status();
     let body =
         resp.body().limit(MAX_HTTP_BODY_BYTES).await.map_err(|e| {

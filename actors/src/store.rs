@@ -124,7 +124,7 @@ if c.active == -1 then
 end
 ack()
 for _, p in ipairs(c.events) do
-  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', p)
+  local id = redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '*', 'e', p)
   local full = string.sub(p, 1, -2) .. ',"event_id":"' .. id .. '"}'
   redis.call('RPUSH', KEYS[2], full)
   redis.call('PUBLISH', ARGV[1], full)
@@ -441,37 +441,37 @@ pub async fn read_history<C: ConnectionLike>(
         .collect())
 }
 
-/// Whether events after `after` were trimmed from a user's history: returns
-/// the oldest id still held when some were.
+/// Whether events after `after` may have been trimmed from a user's
+/// history: true when entries were trimmed and the oldest entry still held
+/// comes after `after`. Returns that oldest id.
 pub async fn history_gap<C: ConnectionLike>(
     conn: &mut C,
     user: &str,
     after: &str,
 ) -> Result<Option<String>> {
-    let info: redis::Value = redis::cmd("XINFO")
+    let info: redis::Value = match redis::cmd("XINFO")
         .arg("STREAM")
         .arg(history_key(user))
         .query_async(conn)
         .await
-        .or_else(|e| {
-            if e.code() == Some("ERR") {
-                Ok(redis::Value::Nil)
-            } else {
-                Err(e)
-            }
-        })?;
-    let map: HashMap<String, redis::Value> = match info {
-        redis::Value::Nil => return Ok(None),
-        v => redis::from_redis_value(v).unwrap_or_default(),
+    {
+        Ok(v) => v,
+        // No history yet: nothing can be missing.
+        Err(e) if e.code() == Some("ERR") => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    let text = |k: &str| -> Option<String> { redis::from_redis_value(map.get(k)?.clone()).ok() };
-    let deleted = text("max-deleted-entry-id").unwrap_or_else(|| "0-0".into());
-    if !id_after(&deleted, after) {
+    let map: HashMap<String, redis::Value> = redis::from_redis_value(info).unwrap_or_default();
+    let num = |k: &str| -> u64 {
+        map.get(k)
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .unwrap_or(0)
+    };
+    if num("entries-added") <= num("length") {
         return Ok(None);
     }
-    let first = match map.get("first-entry") {
+    let first: Option<String> = match map.get("first-entry") {
         Some(redis::Value::Array(e)) if !e.is_empty() => redis::from_redis_value(e[0].clone()).ok(),
         _ => None,
     };
-    Ok(Some(first.unwrap_or(deleted)))
+    Ok(first.filter(|f| id_after(f, after)))
 }
