@@ -103,3 +103,65 @@ async fn seed_websocket_url_receives_the_four_events() {
     assert_seed_events(&ev);
     assert_eq!(ev[0]["run_id"], r.body["run_id"]);
 }
+
+/// The seed's JavaScript snippet, run in a real JavaScript runtime (Node's
+/// built-in WebSocket), prints the seed's four events for the seed's curl.
+#[actix_rt::test]
+async fn seed_javascript_snippet_prints_the_four_events() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let node_ok = Command::new("node")
+        .args([
+            "--experimental-websocket",
+            "-e",
+            "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !node_ok {
+        eprintln!("SKIPPED: no Node.js with a built-in WebSocket on PATH");
+        return;
+    }
+    let redis = Redis::start();
+    let d = Daemon::start(&redis, &[]);
+    let mut child = Command::new("node")
+        .arg("--experimental-websocket")
+        .arg("--no-warnings")
+        .arg(repo().join("examples/js/seed-client.js"))
+        .arg(format!("{}/ws?username=test-user", d.ws))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    assert_eq!(rx.recv_timeout(T).unwrap(), "open");
+    wait_ready(&d).await;
+    let r = post(
+        &format!("{}/api/v1/runs", d.api),
+        Some("test-user"),
+        &seed_curl_body(),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        let line = rx.recv_timeout(T).expect("an event line from node");
+        let rest = line
+            .strip_prefix("Event: ")
+            .unwrap_or_else(|| panic!("{line}"));
+        let (kind, json) = rest.split_once(' ').unwrap();
+        let v: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["type"], kind);
+        events.push(v);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_seed_events(&events);
+}
