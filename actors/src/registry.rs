@@ -61,10 +61,10 @@ pub fn read_dir(dir: &Path, max_nodes: usize) -> Result<Vec<Dag>> {
         .map(|p| {
             let text = std::fs::read_to_string(&p)
                 .map_err(|e| Error::InvalidInput(format!("{}: {e}", p.display())))?;
-            let wf: Workflow = serde_json::from_str(&text)
-                .map_err(|e| Error::InvalidWorkflow(format!("{}: {e}", p.display())))?;
-            wf.compile(max_nodes)
-                .map_err(|e| Error::InvalidWorkflow(format!("{}: {e}", p.display())))
+            let bad = |e: String| Error::InvalidWorkflow(format!("{}: {e}", p.display()));
+            let json = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            let wf = Workflow::from_json(json).map_err(bad)?;
+            wf.compile(max_nodes).map_err(bad)
         })
         .collect()
 }

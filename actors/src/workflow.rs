@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::jq;
 
@@ -90,6 +92,7 @@ fn default_method() -> String {
 
 /// How a node's failed attempts are retried.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in all, including the first (at least 1).
     pub max_attempts: u32,
@@ -192,7 +195,174 @@ fn validate_name(what: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Fields every node may have.
+const NODE_FIELDS: &[&str] = &["id", "kind", "depends_on", "retry", "timeout_ms"];
+/// The node kinds and the fields each adds.
+const KINDS: &[(&str, &[&str])] = &[
+    ("transform", &["filter"]),
+    ("delay", &["ms"]),
+    ("http", &["method", "url", "url_filter", "headers", "body"]),
+];
+
+/// "a string", "an object", ... for messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Takes an optional field of a node, naming the node and field on error.
+fn field<T: DeserializeOwned>(
+    m: &mut Map<String, Value>,
+    who: &str,
+    name: &str,
+) -> Result<Option<T>, String> {
+    match m.remove(name) {
+        None => Ok(None),
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| format!("{who}: field {name:?}: {e}")),
+    }
+}
+
+/// Takes a required field of a node.
+fn required<T: DeserializeOwned>(
+    m: &mut Map<String, Value>,
+    who: &str,
+    name: &str,
+) -> Result<T, String> {
+    field(m, who, name)?.ok_or_else(|| format!("{who}: missing field {name:?}"))
+}
+
+impl NodeSpec {
+    /// Parses the node at position `pos` of a workflow's `nodes`, with
+    /// messages that name the node and the field at fault. Unknown fields
+    /// are refused: a misspelt `depends_on` must not make an entry node.
+    fn from_json(pos: usize, v: Value) -> Result<Self, String> {
+        let Value::Object(mut m) = v else {
+            return Err(format!(
+                "nodes[{pos}] must be an object, not {}",
+                json_kind(&v)
+            ));
+        };
+        let id = match m.remove("id") {
+            Some(Value::String(id)) => id,
+            None => return Err(format!("nodes[{pos}] has no \"id\"")),
+            Some(other) => {
+                return Err(format!(
+                    "nodes[{pos}]: field \"id\" must be a string, not {}",
+                    json_kind(&other)
+                ))
+            }
+        };
+        let who = format!("node {id:?}");
+        let kind_names = || KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+        let kind = match m.remove("kind") {
+            Some(Value::String(k)) => k,
+            None => {
+                return Err(format!(
+                    "{who} has no \"kind\"; use one of {}",
+                    kind_names()
+                ))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "{who}: field \"kind\" must be a string, not {}",
+                    json_kind(&other)
+                ))
+            }
+        };
+        let Some(&(_, kind_fields)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+            return Err(format!(
+                "{who}: unknown kind {kind:?}; use one of {}",
+                kind_names()
+            ));
+        };
+        if let Some(k) = m
+            .keys()
+            .find(|k| !NODE_FIELDS.contains(&k.as_str()) && !kind_fields.contains(&k.as_str()))
+        {
+            let mut allowed: Vec<&str> = NODE_FIELDS.to_vec();
+            allowed.extend_from_slice(kind_fields);
+            return Err(format!(
+                "{who}: unknown field {k:?} for a {kind} node; expected one of {}",
+                allowed.join(", ")
+            ));
+        }
+        let kind = match kind.as_str() {
+            "transform" => NodeKind::Transform {
+                filter: required(&mut m, &who, "filter")?,
+            },
+            "delay" => NodeKind::Delay {
+                ms: required(&mut m, &who, "ms")?,
+            },
+            _ => NodeKind::Http(HttpSpec {
+                method: field(&mut m, &who, "method")?.unwrap_or_else(default_method),
+                url: field(&mut m, &who, "url")?,
+                url_filter: field(&mut m, &who, "url_filter")?,
+                headers: field(&mut m, &who, "headers")?.unwrap_or_default(),
+                body: field(&mut m, &who, "body")?,
+            }),
+        };
+        Ok(Self {
+            kind,
+            depends_on: field(&mut m, &who, "depends_on")?.unwrap_or_default(),
+            retry: field(&mut m, &who, "retry")?,
+            timeout_ms: field(&mut m, &who, "timeout_ms")?,
+            id,
+        })
+    }
+}
+
 impl Workflow {
+    /// Parses a workflow as users write it. Unlike plain deserialisation,
+    /// every message names the node (and field) at fault, and unknown
+    /// fields are refused. Validation proper is [`Workflow::compile`]'s.
+    pub fn from_json(v: Value) -> Result<Self, String> {
+        let Value::Object(mut m) = v else {
+            return Err(format!(
+                "a workflow must be an object with fields \"tag\" and \"nodes\", not {}",
+                json_kind(&v)
+            ));
+        };
+        let tag = match m.remove("tag") {
+            Some(Value::String(t)) => t,
+            None => return Err("the workflow has no \"tag\"".into()),
+            Some(other) => {
+                return Err(format!(
+                    "field \"tag\" must be a string, not {}",
+                    json_kind(&other)
+                ))
+            }
+        };
+        let nodes = match m.remove("nodes") {
+            Some(Value::Array(n)) => n,
+            None => return Err(format!("workflow {tag:?} has no \"nodes\"")),
+            Some(other) => {
+                return Err(format!(
+                    "field \"nodes\" of workflow {tag:?} must be a list of nodes, not {}",
+                    json_kind(&other)
+                ))
+            }
+        };
+        if let Some(k) = m.keys().next() {
+            return Err(format!(
+                "workflow {tag:?}: unknown field {k:?}; expected \"tag\" and \"nodes\""
+            ));
+        }
+        let nodes = nodes
+            .into_iter()
+            .enumerate()
+            .map(|(pos, n)| NodeSpec::from_json(pos, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { tag, nodes })
+    }
+
     /// Validates the workflow and builds its graph.
     pub fn compile(self, max_nodes: usize) -> Result<Dag, String> {
         validate_tag(&self.tag)?;
@@ -358,9 +528,64 @@ mod tests {
     use serde_json::json;
 
     fn wf(v: serde_json::Value) -> Result<Dag, String> {
-        serde_json::from_value::<Workflow>(v)
-            .map_err(|e| e.to_string())?
-            .compile(DEFAULT_MAX_NODES)
+        Workflow::from_json(v)?.compile(DEFAULT_MAX_NODES)
+    }
+
+    #[test]
+    fn parse_errors_name_the_node_and_field() {
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "a", "kind": "delay", "ms": 0},
+            {"id": "beam", "kind": "teleport", "depends_on": ["a"]}
+        ]}))
+        .unwrap_err();
+        assert!(
+            e.contains("node \"beam\": unknown kind \"teleport\""),
+            "{e}"
+        );
+        let e = wf(json!({"tag": "t", "nodes": [{"id": "late", "kind": "delay", "ms": "soon"}]}))
+            .unwrap_err();
+        assert!(e.contains("node \"late\": field \"ms\""), "{e}");
+        let e = wf(json!({"tag": "t", "nodes": [{"id": "f", "kind": "transform"}]})).unwrap_err();
+        assert!(e.contains("node \"f\": missing field \"filter\""), "{e}");
+        let e = wf(json!({"tag": "t", "nodes": [{"kind": "delay", "ms": 0}]})).unwrap_err();
+        assert!(e.contains("nodes[0] has no \"id\""), "{e}");
+        let e = wf(json!({"tag": "t", "nodes": [{"id": "v", "filter": "."}]})).unwrap_err();
+        assert!(e.contains("node \"v\" has no \"kind\""), "{e}");
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "b", "kind": "delay", "ms": 0, "dependson": ["a"]}
+        ]}))
+        .unwrap_err();
+        assert!(e.contains("node \"b\": unknown field \"dependson\""), "{e}");
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "r", "kind": "delay", "ms": 0, "retry": {"max_attempt": 3}}
+        ]}))
+        .unwrap_err();
+        assert!(e.contains("node \"r\": field \"retry\""), "{e}");
+        assert!(wf(json!({"tag": "t", "nodes": {}}))
+            .unwrap_err()
+            .contains("\"nodes\""));
+        assert!(wf(json!({"tag": 1, "nodes": []}))
+            .unwrap_err()
+            .contains("\"tag\""));
+        assert!(wf(json!({"tag": "t", "nodes": [], "x": 1}))
+            .unwrap_err()
+            .contains("unknown field \"x\""));
+    }
+
+    #[test]
+    fn a_stored_workflow_parses_back_unchanged() {
+        let v = json!({"tag": "all", "nodes": [
+            {"id": "t", "kind": "transform", "filter": "."},
+            {"id": "d", "kind": "delay", "ms": 5, "depends_on": ["t"], "timeout_ms": 100,
+             "retry": {"max_attempts": 3, "backoff_ms": 10, "multiplier": 1.5}},
+            {"id": "h", "kind": "http", "method": "POST", "url": "http://x/y",
+             "headers": {"a": "b"}, "body": ".inputs", "depends_on": ["t", "d"]},
+            {"id": "g", "kind": "http", "url_filter": "\"http://x/\\(.inputs.p)\""}
+        ]});
+        let w = Workflow::from_json(v.clone()).unwrap();
+        assert_eq!(serde_json::from_value::<Workflow>(v).unwrap(), w);
+        let stored = serde_json::to_value(&w).unwrap();
+        assert_eq!(Workflow::from_json(stored).unwrap(), w);
     }
 
     #[test]

@@ -5,36 +5,134 @@
 //! one MULTI/EXEC) and answered 202; a runner initialises them. A Redis
 //! failure is a 503, never a 202 for work that was not stored.
 
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError, Route};
 use flowcast_actors::counter::RunStatus;
 use flowcast_actors::runner::CancelRun;
-use flowcast_actors::workflow::{validate_tag, Workflow};
+use flowcast_actors::workflow::{json_kind, validate_tag, Workflow};
 use flowcast_actors::{registry, result, store};
 use redis::AsyncCommands;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::auth::User;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Registers the `/api/v1` routes.
+/// Registers the `/api/v1` routes. A known path with another method is a
+/// JSON 405 with `Allow`, like every other error.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
-            .route("/workflows", web::get().to(list_workflows))
-            .route("/workflows/{tag}", web::put().to(put_workflow))
-            .route("/workflows/{tag}", web::get().to(get_workflow))
-            .route("/workflows/{tag}", web::delete().to(delete_workflow))
-            .route("/workflows/{tag}/execute", web::post().to(execute))
-            .route("/runs", web::post().to(create_run))
-            .route("/runs", web::get().to(list_runs))
-            .route("/runs/{id}", web::get().to(get_run))
-            .route("/runs/{id}/events", web::get().to(run_events))
-            .route("/runs/{id}/cancel", web::post().to(cancel_run))
-            .route("/results/{ref}", web::get().to(get_result)),
+            .service(
+                web::resource("/workflows")
+                    .route(web::get().to(list_workflows))
+                    .default_service(not_allowed("GET")),
+            )
+            .service(
+                web::resource("/workflows/{tag}")
+                    .route(web::put().to(put_workflow))
+                    .route(web::get().to(get_workflow))
+                    .route(web::delete().to(delete_workflow))
+                    .default_service(not_allowed("GET, PUT, DELETE")),
+            )
+            .service(
+                web::resource("/workflows/{tag}/execute")
+                    .route(web::post().to(execute))
+                    .default_service(not_allowed("POST")),
+            )
+            .service(
+                web::resource("/runs")
+                    .route(web::post().to(create_run))
+                    .route(web::get().to(list_runs))
+                    .default_service(not_allowed("GET, POST")),
+            )
+            .service(
+                web::resource("/runs/{id}")
+                    .route(web::get().to(get_run))
+                    .default_service(not_allowed("GET")),
+            )
+            .service(
+                web::resource("/runs/{id}/events")
+                    .route(web::get().to(run_events))
+                    .default_service(not_allowed("GET")),
+            )
+            .service(
+                web::resource("/runs/{id}/cancel")
+                    .route(web::post().to(cancel_run))
+                    .default_service(not_allowed("POST")),
+            )
+            .service(
+                web::resource("/results/{ref}")
+                    .route(web::get().to(get_result))
+                    .default_service(not_allowed("GET")),
+            ),
     );
+}
+
+/// The 405 answer of a resource that supports only `allow`.
+fn not_allowed(allow: &'static str) -> Route {
+    web::to(move |req: HttpRequest| async move {
+        let mut resp = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{} is not supported on {}; use {allow}",
+                req.method(),
+                req.path()
+            ),
+        )
+        .error_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        resp
+    })
+}
+
+/// Checks that a JSON body is an object with no fields but `allowed`.
+fn fields(body: Value, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let expected = || {
+        allowed
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    match body {
+        Value::Object(m) => match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::invalid_body(format!(
+                "unknown field {k:?}; expected {}",
+                expected()
+            ))),
+            None => Ok(m),
+        },
+        other => Err(ApiError::invalid_body(format!(
+            "the body must be an object with {}, not {}",
+            expected(),
+            json_kind(&other)
+        ))),
+    }
+}
+
+/// Reads an optional JSON body within the body limit: `None` when empty.
+async fn optional_json(payload: web::Payload, limit: usize) -> Result<Option<Value>, ApiError> {
+    let bytes = match payload.to_bytes_limited(limit).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                format!("could not read the body: {e}"),
+            ))
+        }
+        Err(_) => return Err(ApiError::body_too_large(limit)),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::from_json_error(&e))
 }
 
 fn tag_of(path: &str) -> Result<&str, ApiError> {
@@ -76,13 +174,8 @@ async fn put_workflow(
             ))
         }
     }
-    let wf: Workflow = serde_json::from_value(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_workflow",
-            e.to_string(),
-        )
-    })?;
+    let wf = Workflow::from_json(body)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
     let dag = wf
         .compile(st.limits.max_nodes)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
@@ -128,39 +221,41 @@ async fn list_workflows(st: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     Ok(HttpResponse::Ok().json(json!({ "workflows": tags })))
 }
 
-/// `POST /api/v1/runs` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunRequest {
-    tag: String,
-    #[serde(default)]
-    inputs: Option<Value>,
-}
-
-/// `POST /api/v1/workflows/{tag}/execute` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecuteRequest {
-    #[serde(default)]
-    inputs: Option<Value>,
-}
-
+/// `POST /api/v1/runs` with `{"tag", "inputs"}` (the seed's call).
 async fn create_run(
     st: web::Data<AppState>,
     user: User,
-    body: web::Json<RunRequest>,
+    body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let RunRequest { tag, inputs } = body.into_inner();
-    submit(&st, &user, &tag, inputs).await
+    let mut body = fields(body.into_inner(), &["tag", "inputs"])?;
+    let tag = match body.remove("tag") {
+        Some(Value::String(t)) => t,
+        None => {
+            return Err(ApiError::invalid_body(
+                "missing field \"tag\": the workflow to run",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::invalid_body(format!(
+                "field \"tag\" must be a string, not {}",
+                json_kind(&other)
+            )))
+        }
+    };
+    submit(&st, &user, &tag, body.remove("inputs")).await
 }
 
+/// `POST /api/v1/workflows/{tag}/execute` with `{"inputs"}`, or no body.
 async fn execute(
     st: web::Data<AppState>,
     user: User,
     path: web::Path<String>,
-    body: Option<web::Json<ExecuteRequest>>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let inputs = body.and_then(|b| b.into_inner().inputs);
+    let inputs = match optional_json(payload, st.limits.max_body_bytes).await? {
+        Some(body) => fields(body, &["inputs"])?.remove("inputs"),
+        None => None,
+    };
     submit(&st, &user, &path, inputs).await
 }
 
@@ -181,7 +276,10 @@ async fn submit(
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_inputs",
-                format!("inputs must be a JSON object, not {}", kind_of(&other)),
+                format!(
+                    "field \"inputs\" must be a JSON object, not {}",
+                    json_kind(&other)
+                ),
             ))
         }
     };
@@ -196,17 +294,6 @@ async fn submit(
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, location))
         .json(json!({"run_id": run_id, "tag": tag, "status": "queued"})))
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Loads a run the caller owns; another user's run is a 404, as if absent.
@@ -227,6 +314,9 @@ async fn get_run(
     Ok(HttpResponse::Ok().json(run.to_view()))
 }
 
+/// A listed run's `tag`, `status`, `counter` and `created_ms`.
+type RunRow = (Option<String>, Option<String>, Option<u32>, Option<u64>);
+
 /// `GET /api/v1/runs` query.
 #[derive(Deserialize)]
 struct ListQuery {
@@ -244,6 +334,10 @@ async fn list_runs(
         .zrevrange(store::user_runs_key(&user.0), 0, limit as isize - 1)
         .await
         .map_err(flowcast_actors::Error::from)?;
+    if ids.is_empty() {
+        // An empty pipeline is an error in the client, not an empty answer.
+        return Ok(HttpResponse::Ok().json(json!({ "runs": [] })));
+    }
     let mut pipe = redis::pipe();
     for id in &ids {
         pipe.hmget(
@@ -251,7 +345,7 @@ async fn list_runs(
             &["tag", "status", "counter", "created_ms"],
         );
     }
-    let rows: Vec<(Option<String>, Option<String>, Option<u32>, Option<u64>)> = pipe
+    let rows: Vec<RunRow> = pipe
         .query_async(&mut conn)
         .await
         .map_err(flowcast_actors::Error::from)?;

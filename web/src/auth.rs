@@ -27,11 +27,19 @@ impl FromRequest for User {
 }
 
 fn user_of(req: &HttpRequest) -> Result<User, ApiError> {
-    let Some(v) = req.headers().get(USER_HEADER) else {
+    let mut values = req.headers().get_all(USER_HEADER);
+    let Some(v) = values.next() else {
         return Err(ApiError::unauthorized(format!(
             "missing {USER_HEADER} header"
         )));
     };
+    if values.next().is_some() {
+        // Which one a gateway set is unknowable: never guess an identity.
+        return Err(ApiError::bad_request(
+            "invalid_user",
+            format!("{USER_HEADER} is given more than once"),
+        ));
+    }
     let name = std::str::from_utf8(v.as_bytes()).map_err(|_| {
         ApiError::bad_request("invalid_user", format!("{USER_HEADER} is not UTF-8"))
     })?;

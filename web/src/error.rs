@@ -46,6 +46,29 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 413 for a body over the configured limit.
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 422 for a JSON body of the wrong shape; the message names the field.
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", message)
+    }
+
+    /// 400 for a body that is not JSON, 422 for JSON of the wrong shape.
+    pub fn from_json_error(e: &serde_json::Error) -> Self {
+        if e.is_data() {
+            Self::invalid_body(format!("invalid body: {e}"))
+        } else {
+            Self::bad_request("malformed_json", format!("body is not valid JSON: {e}"))
+        }
+    }
+
     /// 503 while Redis is unreachable or the daemon drains.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -106,24 +129,15 @@ pub fn json_error(
 ) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     let e = match &err {
-        J::Overflow { limit } | J::OverflowKnownLength { limit, .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body is larger than {limit} bytes"),
-        ),
+        J::Overflow { limit } | J::OverflowKnownLength { limit, .. } => {
+            ApiError::body_too_large(*limit)
+        }
         J::ContentType => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as Content-Type: application/json",
         ),
-        J::Deserialize(d) if d.is_data() => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            format!("invalid body: {d}"),
-        ),
-        J::Deserialize(d) => {
-            ApiError::bad_request("malformed_json", format!("body is not valid JSON: {d}"))
-        }
+        J::Deserialize(d) => ApiError::from_json_error(d),
         other => ApiError::bad_request("bad_body", format!("could not read the body: {other}")),
     };
     e.into()
