@@ -476,9 +476,8 @@ async fn delay_node_waits_and_transforms_read_inputs() {
 /// A transform whose filter never ends must fail by its `timeout_ms` and
 /// must not stall other runs or the API.
 #[actix_rt::test]
-#[ignore = "bug in actors/src/node.rs (not this module's to fix): jq runs synchronously on the \
-            runner's thread, so a runaway filter blocks every run, the Publisher and the API's \
-            Redis connection (503s); timeout_ms never fires"]
+/// Regression: jq used to run on the actors' thread, so a runaway filter
+/// stalled every run, the Publisher and the API's Redis connection.
 async fn a_runaway_transform_times_out_without_stalling_other_runs() {
     let redis = Redis::start();
     let d = Daemon::start(&redis, &[]);

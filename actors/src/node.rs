@@ -5,17 +5,47 @@
 //! way), HTTP 5xx, connection errors and timeouts are. The run actor owns
 //! attempts, backoff and the deadline.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use crate::jq;
 use crate::workflow::{HttpSpec, NodeKind, NodeSpec};
 
 /// Deadline of an `http` request when the node sets no `timeout_ms`.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of a `transform` attempt when the node sets no `timeout_ms`.
+pub const DEFAULT_TRANSFORM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest HTTP response body accepted as a node output.
 const MAX_HTTP_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// jq programs running at once. Each runs on a blocking thread, so a filter
+/// that never ends costs one slot, never the actors' thread.
+const JQ_SLOTS: usize = 32;
+
+fn jq_slots() -> Arc<Semaphore> {
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| Arc::new(Semaphore::new(JQ_SLOTS)))
+        .clone()
+}
+
+/// Runs a jq filter off the actors' thread.
+async fn run_jq(filter: &str, input: Value) -> Result<Value, NodeError> {
+    let permit = jq_slots()
+        .acquire_owned()
+        .await
+        .map_err(|_| NodeError::fatal("jq workers are shut down"))?;
+    let filter = filter.to_owned();
+    actix_rt::task::spawn_blocking(move || {
+        let _slot = permit;
+        jq::run(&filter, &input)
+    })
+    .await
+    .map_err(|_| NodeError::fatal("the jq worker failed"))?
+    .map_err(NodeError::fatal)
+}
 
 /// A failed attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +84,7 @@ pub async fn execute(
     http: &awc::Client,
 ) -> Result<Value, NodeError> {
     match &node.kind {
-        NodeKind::Transform { filter } => jq::run(filter, &input).map_err(NodeError::fatal),
+        NodeKind::Transform { filter } => run_jq(filter, input).await,
         NodeKind::Delay { ms } => {
             actix_rt::time::sleep(Duration::from_millis(*ms)).await;
             Ok(Value::Null)
@@ -76,7 +106,7 @@ async fn http_request(
 ) -> Result<Value, NodeError> {
     let url = match (&spec.url, &spec.url_filter) {
         (Some(u), _) => u.clone(),
-        (None, Some(f)) => match jq::run(f, input).map_err(NodeError::fatal)? {
+        (None, Some(f)) => match run_jq(f, input.clone()).await? {
             Value::String(s) => s,
             other => {
                 return Err(NodeError::fatal(format!(
@@ -94,7 +124,7 @@ async fn http_request(
     }
     let sent = match &spec.body {
         Some(f) => {
-            let body = jq::run(f, input).map_err(NodeError::fatal)?;
+            let body = run_jq(f, input.clone()).await?;
             req.send_json(&body).await
         }
         None => req.send().await,

@@ -80,6 +80,8 @@ pub struct Publisher {
     history_max: u64,
     queue: VecDeque<Item>,
     writing: bool,
+    /// A failed write is waiting for its retry: send nothing before it.
+    backing_off: bool,
     backoff: Duration,
     metrics: Metrics,
 }
@@ -94,6 +96,7 @@ impl Publisher {
             history_max,
             queue: VecDeque::new(),
             writing: false,
+            backing_off: false,
             backoff: BACKOFF_MIN,
             metrics,
         }
@@ -109,6 +112,11 @@ impl Publisher {
             if let Some(Item::Flush(done)) = self.queue.pop_front() {
                 let _ = done.send(());
             }
+        }
+        if self.backing_off {
+            // New commits wait for the scheduled retry instead of
+            // hammering an unreachable Redis.
+            return;
         }
         let n = self
             .queue
@@ -179,7 +187,11 @@ impl Publisher {
                         .inc();
                     let wait = act.backoff;
                     act.backoff = (act.backoff * 2).min(BACKOFF_MAX);
-                    ctx.run_later(wait, |act, ctx| act.write(ctx));
+                    act.backing_off = true;
+                    ctx.run_later(wait, |act, ctx| {
+                        act.backing_off = false;
+                        act.write(ctx)
+                    });
                 }
             }
         })
@@ -191,6 +203,11 @@ impl Publisher {
 /// Publisher never refuses one; its queue is `queue`.
 impl Actor for Publisher {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // After a restart, resume what was queued.
+        self.write(ctx);
+    }
 }
 
 impl Supervised for Publisher {
@@ -199,7 +216,9 @@ impl Supervised for Publisher {
             "publisher restarting with {} queued commits",
             self.queue.len()
         );
+        // The restart dropped the write in flight and the retry timer.
         self.writing = false;
+        self.backing_off = false;
     }
 }
 
@@ -221,9 +240,14 @@ impl Handler<Flush> for Publisher {
     }
 }
 
-/// Sends a commit and waits until it is durable. `None` if the Publisher is gone.
-pub async fn publish(publisher: &Addr<Publisher>, commit: Commit) -> Option<Outcome> {
+/// Queues a commit at once (so commits keep the order of the calls) and
+/// returns a future that resolves when it is durable; `None` if the
+/// Publisher is gone.
+pub fn publish(
+    publisher: &Addr<Publisher>,
+    commit: Commit,
+) -> impl std::future::Future<Output = Option<Outcome>> {
     let (done, rx) = oneshot::channel();
     publisher.do_send(Publish { commit, done });
-    rx.await.ok()
+    async move { rx.await.ok() }
 }

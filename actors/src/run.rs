@@ -108,15 +108,23 @@ impl RunActor {
         &self.setup.dag.node(i).id
     }
 
-    /// `{inputs, nodes: {<id>: <output>}}` for a node's filters.
-    fn input_for(&self) -> Value {
+    /// `{inputs, nodes: {<id>: <output>}}` for node `i`'s filters, with the
+    /// outputs of its ancestors: all completed before `i` was activated, so
+    /// the input never depends on timing.
+    fn input_for(&self, i: usize) -> Value {
         let dag = &self.setup.dag;
-        let nodes: Map<String, Value> = self
-            .setup
-            .outputs
-            .iter()
-            .map(|(&i, v)| (dag.node(i).id.clone(), v.clone()))
-            .collect();
+        let mut seen = vec![false; dag.len()];
+        let mut stack = dag.parents[i].clone();
+        let mut nodes = Map::new();
+        while let Some(p) = stack.pop() {
+            if std::mem::replace(&mut seen[p], true) {
+                continue;
+            }
+            if let Some(v) = self.setup.outputs.get(&p) {
+                nodes.insert(dag.node(p).id.clone(), v.clone());
+            }
+            stack.extend(&dag.parents[p]);
+        }
         serde_json::json!({"inputs": self.setup.inputs, "nodes": nodes})
     }
 
@@ -156,10 +164,16 @@ impl RunActor {
         let spec = self.setup.dag.node(i).clone();
         let input = match spec.kind {
             crate::workflow::NodeKind::Delay { .. } => Value::Null,
-            _ => self.input_for(),
+            _ => self.input_for(i),
         };
         let http = self.http.clone();
-        let deadline = spec.timeout_ms.map(Duration::from_millis);
+        let deadline = match (&spec.kind, spec.timeout_ms) {
+            (_, Some(ms)) => Some(Duration::from_millis(ms)),
+            (crate::workflow::NodeKind::Transform { .. }, None) => {
+                Some(node::DEFAULT_TRANSFORM_TIMEOUT)
+            }
+            _ => None,
+        };
         let fut = async move {
             let run = node::execute(&spec, input, &http);
             match deadline {
@@ -335,32 +349,30 @@ impl RunActor {
         then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
         self.in_flight += 1;
-        let publisher = self.publisher.clone();
-        ctx.spawn(
-            async move { publisher::publish(&publisher, c).await }
-                .into_actor(self)
-                .map(move |outcome, act, ctx| {
-                    act.in_flight -= 1;
-                    match outcome {
-                        Some(Outcome::NotOwner) => {
-                            log::warn!(
-                                "run {}: another runner holds it; letting go",
-                                act.setup.run_id
-                            );
-                            ctx.stop();
-                            return;
-                        }
-                        None => {
-                            ctx.stop();
-                            return;
-                        }
-                        Some(_) => then(act, ctx),
-                    }
-                    if act.setup.state.status().is_terminal() && act.in_flight == 0 {
-                        ctx.stop();
-                    }
-                }),
-        );
+        // Enqueued now, not when the spawned future is first polled: the
+        // context does not poll its futures in spawn order.
+        let durable = publisher::publish(&self.publisher, c);
+        ctx.spawn(durable.into_actor(self).map(move |outcome, act, ctx| {
+            act.in_flight -= 1;
+            match outcome {
+                Some(Outcome::NotOwner) => {
+                    log::warn!(
+                        "run {}: another runner holds it; letting go",
+                        act.setup.run_id
+                    );
+                    ctx.stop();
+                    return;
+                }
+                None => {
+                    ctx.stop();
+                    return;
+                }
+                Some(_) => then(act, ctx),
+            }
+            if act.setup.state.status().is_terminal() && act.in_flight == 0 {
+                ctx.stop();
+            }
+        }));
     }
 }
 
