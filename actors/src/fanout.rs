@@ -9,6 +9,7 @@
 //! session), so one slow client never delays the others and never makes the
 //! Fanout buffer for it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -82,9 +83,7 @@ pub struct Filter {
 impl Filter {
     /// True when the frame passes the filter.
     pub fn matches(&self, f: &FrameData) -> bool {
-        self.types
-            .as_ref()
-            .is_none_or(|t| t.iter().any(|t| *t == f.kind))
+        self.types.as_ref().is_none_or(|t| t.contains(&f.kind))
             && self.run_id.as_ref().is_none_or(|r| *r == f.run_id)
     }
 }
@@ -99,6 +98,10 @@ pub struct SessionHandle {
     pub close: Recipient<CloseSession>,
     /// What the session wants.
     pub filter: Filter,
+    /// Set by the session once it runs with its real mailbox bound. Until then
+    /// its mailbox has actix's small default bound, and a full one does not
+    /// mean the client is slow: the frame is queued anyway.
+    pub started: Arc<AtomicBool>,
 }
 
 /// Add a session.
@@ -197,6 +200,14 @@ impl Handler<Deliver> for Fanout {
         self.sessions.retain(|s| {
             if !s.filter.matches(&frame.0) {
                 return true;
+            }
+            if !s.started.load(Ordering::Acquire) {
+                // Joined but not running yet (it starts a moment after the
+                // handshake, and only then gets its real mailbox bound): queue
+                // the frame without parking the sender on actix's default bound.
+                s.frames.do_send(frame.clone());
+                delivered += 1;
+                return s.frames.connected();
             }
             match s.frames.try_send(frame.clone()) {
                 Ok(()) => {

@@ -36,12 +36,17 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// A PING unanswered this long means the connection is dead.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection attempt that takes longer than this has failed (an unreachable
+/// host must not leave the Subscriber waiting on the OS's connect timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a session could not join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinError {
     /// The user already has the maximum number of sessions.
     TooManySessions(usize),
+    /// The process is draining: sessions are being closed, none may join.
+    ShuttingDown,
 }
 
 /// Register a session for its user's events.
@@ -84,6 +89,12 @@ pub struct Subscriber {
     stream: Option<SpawnHandle>,
     connecting: bool,
     backoff: Duration,
+    /// Every channel live at the last (re)connect is subscribed.
+    resubscribed: bool,
+    /// SUBSCRIBEs of new users sent on this connection and not yet confirmed.
+    pending: usize,
+    /// Sessions have been told to close (drain): no new ones join.
+    closing: bool,
     ready: Arc<AtomicBool>,
     max_sessions_per_user: usize,
     metrics: Metrics,
@@ -100,6 +111,9 @@ impl Subscriber {
             stream: None,
             connecting: false,
             backoff: BACKOFF_MIN,
+            resubscribed: false,
+            pending: 0,
+            closing: false,
             ready: Arc::new(AtomicBool::new(false)),
             max_sessions_per_user,
             metrics,
@@ -111,9 +125,18 @@ impl Subscriber {
         self.ready.clone()
     }
 
+    /// Ready only while connected with every live channel subscribed: the
+    /// channels live at (re)connect and every new one since.
+    fn update_ready(&self) {
+        let ready = self.sink.is_some() && self.resubscribed && self.pending == 0;
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
     fn disconnected(&mut self, why: &str, ctx: &mut Context<Self>) {
-        self.ready.store(false, Ordering::SeqCst);
         self.sink = None;
+        self.resubscribed = false;
+        self.pending = 0;
+        self.update_ready();
         if let Some(h) = self.stream.take() {
             ctx.cancel_future(h);
         }
@@ -128,7 +151,8 @@ impl Subscriber {
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
-        if self.connecting {
+        // Already connected (a second failure report scheduled this) or on the way.
+        if self.connecting || self.sink.is_some() {
             return;
         }
         self.connecting = true;
@@ -136,7 +160,11 @@ impl Subscriber {
         let gen = self.generation;
         let client = self.client.clone();
         async move {
-            let pubsub = client.get_async_pubsub().await?;
+            let pubsub = actix_rt::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))
+                })??;
             Ok::<_, redis::RedisError>(pubsub.split())
         }
         .into_actor(self)
@@ -158,8 +186,13 @@ impl Subscriber {
                         .map(Some)
                         .chain(futures_util::stream::once(async { None }))
                         .map(move |m| (gen, m));
-                    act.stream = Some(ctx.add_stream(stream));
+                    if let Some(old) = act.stream.replace(ctx.add_stream(stream)) {
+                        ctx.cancel_future(old);
+                    }
                     act.sink = Some(sink);
+                    act.resubscribed = false;
+                    act.pending = 0;
+                    act.update_ready();
                     act.resubscribe(ctx);
                 }
                 Err(e) => act.disconnected(&format!("connect failed ({e})"), ctx),
@@ -183,13 +216,14 @@ impl Subscriber {
         }
         .into_actor(self)
         .map(move |r, act, ctx| {
-            if gen != act.generation {
+            if gen != act.generation || act.sink.is_none() {
                 return;
             }
             match r {
                 Ok(()) => {
                     act.backoff = BACKOFF_MIN;
-                    act.ready.store(true, Ordering::SeqCst);
+                    act.resubscribed = true;
+                    act.update_ready();
                 }
                 Err(e) => act.disconnected(&format!("subscribe failed ({e})"), ctx),
             }
@@ -203,7 +237,10 @@ impl Subscriber {
         };
         let gen = self.generation;
         async move {
-            match actix_rt::time::timeout(PING_TIMEOUT, sink.ping::<String>()).await {
+            // While subscribed (RESP2) PING is answered `["pong", ""]`, not `PONG`:
+            // any non-error reply means the connection is alive.
+            let ping = async { sink.ping::<redis::Value>().await?.extract_error() };
+            match actix_rt::time::timeout(PING_TIMEOUT, ping).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("PING timed out".to_string()),
@@ -230,7 +267,8 @@ impl Subscriber {
         let gen = self.generation;
         if subscribe {
             // Not ready until the new channel is subscribed.
-            self.ready.store(false, Ordering::SeqCst);
+            self.pending += 1;
+            self.update_ready();
         }
         async move {
             if subscribe {
@@ -241,13 +279,14 @@ impl Subscriber {
         }
         .into_actor(self)
         .map(move |r, act, ctx| {
-            if gen != act.generation {
+            if gen != act.generation || act.sink.is_none() {
                 return;
             }
             match r {
                 Ok(()) => {
                     if subscribe {
-                        act.ready.store(true, Ordering::SeqCst);
+                        act.pending = act.pending.saturating_sub(1);
+                        act.update_ready();
                     }
                 }
                 Err(e) => act.disconnected(&format!("(un)subscribe failed ({e})"), ctx),
@@ -308,6 +347,13 @@ impl Handler<Join> for Subscriber {
     type Result = Result<(), JoinError>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
+        if self.closing {
+            return Err(JoinError::ShuttingDown);
+        }
+        let live = self.users.get(&msg.user).map_or(0, |e| e.sessions.len());
+        if live >= self.max_sessions_per_user {
+            return Err(JoinError::TooManySessions(self.max_sessions_per_user));
+        }
         let metrics = self.metrics.clone();
         let is_new = !self.users.contains_key(&msg.user);
         let entry = self
@@ -317,9 +363,6 @@ impl Handler<Join> for Subscriber {
                 fanout: Fanout::new(msg.user.clone(), metrics).start(),
                 sessions: Default::default(),
             });
-        if entry.sessions.len() >= self.max_sessions_per_user {
-            return Err(JoinError::TooManySessions(self.max_sessions_per_user));
-        }
         entry.sessions.insert(msg.session.id);
         entry.fanout.do_send(AddSession(msg.session));
         if is_new {
@@ -352,6 +395,7 @@ impl Handler<CloseAllSessions> for Subscriber {
     type Result = ();
 
     fn handle(&mut self, _: CloseAllSessions, _ctx: &mut Self::Context) {
+        self.closing = true;
         for e in self.users.values() {
             e.fanout.do_send(CloseAll);
         }

@@ -37,7 +37,11 @@ async fn readyz(st: web::Data<AppState>) -> HttpResponse {
     .await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
     let runner_ok = match &st.runner {
-        Some(r) => Some(r.send(IsReady).await.unwrap_or(false)),
+        // A runner too busy to answer within the timeout is not ready either.
+        Some(r) => Some(matches!(
+            actix_rt::time::timeout(READY_TIMEOUT, r.send(IsReady)).await,
+            Ok(Ok(true))
+        )),
         None => None,
     };
     let subscriber_ok = st

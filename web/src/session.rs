@@ -15,6 +15,8 @@
 //! given id, sends it, then releases the buffered live events newer than the
 //! last replayed one. No gap, no duplicate.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -54,6 +56,8 @@ pub struct WsSession {
     pub held: Option<Vec<Frame>>,
     /// Last time the peer showed life.
     pub last_seen: Instant,
+    /// Shared with the Fanout: set once the mailbox has its real bound.
+    pub started: Arc<AtomicBool>,
 }
 
 impl WsSession {
@@ -71,6 +75,7 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.cfg.max_queue_msgs);
+        self.started.store(true, Ordering::Release);
         self.metrics.sessions.inc();
         let interval = self.cfg.heartbeat_interval;
         let limit = interval + self.cfg.client_timeout;
@@ -138,13 +143,20 @@ impl Handler<CloseSession> for WsSession {
     }
 }
 
+/// True for the one message a client may send: a JSON object `{"type":"ping"}`
+/// (any whitespace and key layout, as any JSON encoder writes it).
+fn is_ping(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+        .is_ok_and(|m| m.len() == 1 && m.get("type").is_some_and(|t| t == "ping"))
+}
+
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.last_seen = Instant::now();
         match msg {
             Ok(ws::Message::Ping(p)) => ctx.pong(&p),
             Ok(ws::Message::Pong(_)) => {}
-            Ok(ws::Message::Text(t)) if t.trim() == r#"{"type":"ping"}"# => {
+            Ok(ws::Message::Text(t)) if is_ping(&t) => {
                 ctx.text(r#"{"type":"pong"}"#);
             }
             Ok(ws::Message::Text(_)) => self.close(
@@ -163,6 +175,31 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             Ok(ws::Message::Nop) => {}
             Err(ws::ProtocolError::Overflow) => self.close(1009, "frame too large", ctx),
             Err(e) => self.close(1002, &format!("protocol error: {e}"), ctx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ping;
+
+    #[test]
+    fn ping_is_any_encoding_of_the_ping_object() {
+        for p in [
+            r#"{"type":"ping"}"#,
+            r#"{"type": "ping"}"#,
+            " {\n  \"type\" : \"ping\"\n} ",
+        ] {
+            assert!(is_ping(p), "{p}");
+        }
+        for p in [
+            "ping",
+            r#"{"type":"pong"}"#,
+            r#"{"type":"ping","x":1}"#,
+            r#"["ping"]"#,
+            "",
+        ] {
+            assert!(!is_ping(p), "{p}");
         }
     }
 }

@@ -6,7 +6,8 @@
 //! error, never a socket that closes at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -27,6 +28,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "workflow_started",
     "node_completed",
     "node_failed",
+    "node_progress",
     "workflow_completed",
     "workflow_failed",
     "workflow_cancelled",
@@ -131,6 +133,7 @@ pub async fn ws_index(
         ));
     }
     let id = st.next_session.fetch_add(1, Ordering::Relaxed);
+    let started = Arc::new(AtomicBool::new(false));
     let session = WsSession {
         id,
         user: q.username.clone(),
@@ -140,6 +143,7 @@ pub async fn ws_index(
         metrics: st.metrics.clone(),
         held: q.last_event_id.as_ref().map(|_| Vec::new()),
         last_seen: Instant::now(),
+        started: started.clone(),
     };
     let (addr, resp) = ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(st.ws.max_frame_bytes)
@@ -155,6 +159,7 @@ pub async fn ws_index(
         frames: addr.clone().recipient(),
         close: addr.clone().recipient(),
         filter: q.filter.clone(),
+        started,
     };
     match subscriber
         .send(Join {
@@ -169,6 +174,11 @@ pub async fn ws_index(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_sessions",
                 format!("user {:?} already has {n} sessions, the limit", q.username),
+            ))
+        }
+        Ok(Err(JoinError::ShuttingDown)) => {
+            return Err(ApiError::unavailable(
+                "the server is shutting down; reconnect to another instance",
             ))
         }
         Err(_) => return Err(ApiError::unavailable("fan-out is restarting; retry")),
