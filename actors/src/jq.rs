@@ -36,7 +36,7 @@ fn compile(code: &str) -> Result<Filter, String> {
         .load(&arena, File { code, path: () })
         .map_err(|errs| {
             errs.into_iter()
-                .map(|(_, e)| format!("{e:?}"))
+                .flat_map(|(_, e)| describe_load_error(code, e))
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
@@ -46,12 +46,38 @@ fn compile(code: &str) -> Result<Filter, String> {
         .map_err(|errs| {
             errs.into_iter()
                 .flat_map(|(_, es)| {
-                    es.into_iter()
-                        .map(|(name, undef)| format!("undefined {undef:?} {name}"))
+                    es.into_iter().map(|(name, undef)| match undef {
+                        jaq_core::compile::Undefined::Filter(arity) => {
+                            format!("undefined filter {name}/{arity}")
+                        }
+                        other => format!("undefined {} {name}", other.as_str()),
+                    })
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
         })
+}
+
+/// Byte offset of `rest` (a suffix of `code`) in `code`.
+fn offset(code: &str, rest: &str) -> usize {
+    code.len().saturating_sub(rest.len())
+}
+
+fn describe_load_error(code: &str, e: jaq_core::load::Error<&str>) -> Vec<String> {
+    use jaq_core::load::Error as E;
+    match e {
+        E::Io(errs) => errs.into_iter().map(|(p, m)| format!("{p}: {m}")).collect(),
+        E::Lex(errs) => errs
+            .into_iter()
+            .map(|(exp, rest)| format!("expected {} at byte {}", exp.as_str(), offset(code, rest)))
+            .collect(),
+        E::Parse(errs) => errs
+            .into_iter()
+            .map(|(exp, found)| {
+                format!("expected {} at byte {}", exp.as_str(), offset(code, found))
+            })
+            .collect(),
+    }
 }
 
 fn cached(code: &str) -> Result<Rc<Filter>, String> {
@@ -114,7 +140,8 @@ mod tests {
             run("error(\"boom\")", &json!(null)).unwrap_err(),
             "\"boom\""
         );
-        assert!(check("{{{").is_err());
+        let e = check("{a: 1").unwrap_err();
+        assert!(e.starts_with("expected") && e.contains("byte"), "{e}");
         assert!(check("nosuchfn(1)").is_err());
         assert_eq!(run("empty", &json!(1)).unwrap(), json!(null));
     }
