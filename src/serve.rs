@@ -3,16 +3,16 @@
 //!
 //! Start-up fails fast and says why (Redis unreachable: which URL and what to
 //! run). Shutdown: the first SIGTERM/SIGINT starts a drain — stop accepting
-//! runs and connections, let running work finish within the grace period
-//! (what does not finish is durable and resumes on the next start), flush the
-//! Publisher, close every session with 1001, exit 0. A second signal exits at
-//! once.
+//! runs and connections, let running work finish (what does not finish is
+//! durable and resumes on the next start), flush the Publisher, close every
+//! session with 1001, exit 0, all within the grace period, even with Redis
+//! down. A second signal exits at once.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Supervisor};
 use actix_web::{App, HttpServer};
@@ -24,6 +24,7 @@ use flowcast_actors::subscriber::{CloseAllSessions, Subscriber};
 use flowcast_actors::{registry, store};
 use flowcast_web::{AppState, Limits, WsConfig};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::ServeConfig;
 
@@ -33,12 +34,22 @@ const DEFAULT_WORKFLOWS_DIR: &str = "examples/workflows";
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long connecting to Redis may take.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time the HTTP servers get to finish requests after a drain.
+/// Time the HTTP servers get to finish requests after a drain (at most).
 const SERVER_SHUTDOWN: Duration = Duration::from_secs(5);
+/// Time the sessions' close frames get to reach the sockets.
+const CLOSE_FLUSH: Duration = Duration::from_millis(200);
 
 /// Runs the daemon until it is drained.
 pub fn run(cfg: ServeConfig) -> anyhow::Result<()> {
-    actix_rt::System::new().block_on(serve(cfg))
+    let system = actix_rt::System::new();
+    let r = system.block_on(serve(cfg));
+    if r.is_err() {
+        // Start-up failed with actors possibly created but never polled:
+        // dropping the runtime would start them outside it (a panic that
+        // hides the error). The process is exiting; let it go unfreed.
+        std::mem::forget(system);
+    }
+    r
 }
 
 async fn connect(
@@ -76,6 +87,9 @@ fn listener(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
 }
 
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    // Listen from the start: a signal during start-up, or a second one sent
+    // right after the first, is never missed (nor fatal).
+    let mut signals = Signals::new();
     let client = redis::Client::open(cfg.redis_url.as_str())
         .with_context(|| format!("--redis-url {:?} is not a Redis URL", cfg.redis_url))?;
     let hint = "start one with scripts/start.sh, or `redis-server --appendonly yes`, or point --redis-url / FLOWCAST_REDIS_URL at a running Redis";
@@ -91,6 +105,18 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         );
     }
     log::info!("connected to Redis at {}", cfg.redis_url);
+
+    // Bind before any actor starts: a taken port fails start-up cleanly.
+    let api_listener = if cfg.role.runs_runner() {
+        Some(listener(cfg.api_addr, false)?)
+    } else {
+        None
+    };
+    let ws_listener = if cfg.role.runs_fanout() {
+        Some(listener(cfg.ws_addr, cfg.reuse_port)?)
+    } else {
+        None
+    };
 
     let metrics = Metrics::new();
     let draining = Arc::new(AtomicBool::new(false));
@@ -116,12 +142,12 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             }
             log::info!("registered {} workflows from {}", dags.len(), dir.display());
         }
+        // Blocking reads get their own connection, with room for the BLOCK time.
+        let reader = connect(&client, Some(Duration::from_secs(10))).await?;
         let publisher = {
             let (conn, m, max) = (redis.clone(), metrics.clone(), cfg.history_max);
             Supervisor::start(move |_| Publisher::new(conn, max, m))
         };
-        // Blocking reads get their own connection, with room for the BLOCK time.
-        let reader = connect(&client, Some(Duration::from_secs(10))).await?;
         let instance_id = cfg.instance_id.clone().unwrap_or_else(default_instance_id);
         log::info!("runner instance {instance_id}");
         let rcfg = RunnerConfig {
@@ -153,7 +179,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
 
     let mut servers = Vec::new();
-    if cfg.role.runs_runner() {
+    if let Some(l) = api_listener {
         let st = state.clone();
         let mut srv =
             HttpServer::new(move || App::new().configure(flowcast_web::configure_api(st.clone())))
@@ -162,13 +188,13 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         if let Some(w) = cfg.workers {
             srv = srv.workers(w);
         }
-        let srv = srv.listen(listener(cfg.api_addr, false)?)?;
+        let srv = srv.listen(l)?;
         for a in srv.addrs() {
             log::info!("api listening on {a}");
         }
         servers.push(srv.run());
     }
-    if cfg.role.runs_fanout() {
+    if let Some(l) = ws_listener {
         let st = state.clone();
         let user_timeout = ws_cfg.tcp_user_timeout;
         let mut srv =
@@ -188,7 +214,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         if let Some(w) = cfg.workers {
             srv = srv.workers(w);
         }
-        let srv = srv.listen(listener(cfg.ws_addr, cfg.reuse_port)?)?;
+        let srv = srv.listen(l)?;
         for a in srv.addrs() {
             log::info!("ws listening on {a}");
         }
@@ -199,31 +225,41 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         actix_rt::spawn(s);
     }
 
-    wait_for_signal().await;
+    signals.recv().await;
+    let grace = Duration::from_millis(cfg.drain_grace_ms);
+    let deadline = Instant::now() + grace;
     log::info!(
         "draining (grace {} ms); a second signal exits at once",
         cfg.drain_grace_ms
     );
     draining.store(true, Ordering::SeqCst);
-    actix_rt::spawn(async {
-        wait_for_signal().await;
+    actix_rt::spawn(async move {
+        signals.recv().await;
         log::warn!("second signal: exiting now");
         std::process::exit(130);
     });
+    // Every step is bounded by what is left of the grace: whatever is not
+    // done by then is durable in Redis or redone on the next start.
+    let left = || deadline.saturating_duration_since(Instant::now());
     if let Some(r) = &runner {
-        let _ = r
-            .send(Drain {
-                grace: Duration::from_millis(cfg.drain_grace_ms),
-            })
-            .await;
+        // The runner keeps back part of the grace for the steps below.
+        let runner_grace = grace - (grace / 10).min(Duration::from_millis(500));
+        let drain = r.send(Drain {
+            grace: runner_grace,
+        });
+        if actix_rt::time::timeout(left(), drain).await.is_err() {
+            log::warn!("runner did not drain within the grace");
+        }
     }
     if let Some(s) = &subscriber {
-        let _ = s.send(CloseAllSessions).await;
+        let _ = actix_rt::time::timeout(left(), s.send(CloseAllSessions)).await;
         // Let the close frames reach the sockets.
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
+        actix_rt::time::sleep(CLOSE_FLUSH.min(left())).await;
     }
     for h in handles {
-        h.stop(true).await;
+        if actix_rt::time::timeout(left(), h.stop(true)).await.is_err() {
+            log::warn!("HTTP connections still open at the end of the grace; closing them");
+        }
     }
     log::info!("drained; bye");
     Ok(())
@@ -237,18 +273,33 @@ fn default_instance_id() -> String {
         .unwrap_or_else(|| "flowcast".into())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the daemon runs until killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT. Signals that arrive while nobody awaits `recv` are
+/// kept for the next call.
+struct Signals(Option<(Signal, Signal)>);
+
+impl Signals {
+    fn new() -> Self {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("cannot listen for signals ({e}); the daemon runs until killed");
+                Self(None)
+            }
+        }
+    }
+
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
     }
 }

@@ -35,7 +35,8 @@ pub enum Outcome {
     Duplicate,
     /// The run's status was not the expected one (already initialised).
     StatusMismatch,
-    /// Another runner holds the run's lease.
+    /// Another runner holds the run's lease, or the run has already ended
+    /// (a stale runner's commit): the run is not this runner's to change.
     NotOwner,
 }
 
@@ -69,7 +70,7 @@ pub struct Flush {
 }
 
 enum Item {
-    Commit(Publish),
+    Commit(Box<Publish>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -226,7 +227,7 @@ impl Handler<Publish> for Publisher {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        self.queue.push_back(Item::Commit(msg));
+        self.queue.push_back(Item::Commit(Box::new(msg)));
         self.write(ctx);
     }
 }

@@ -5,8 +5,11 @@
 //! `runners` consumer group, so several runner instances share the work and
 //! a request is acknowledged only by the commit that initialises its run (IR
 //! stored, counter set, entry tokens emitted, `workflow_started` published).
-//! On start a runner first re-reads its own unacknowledged requests; it also
-//! claims requests left pending by dead consumers (XAUTOCLAIM).
+//! On start (and after a failed read, whose lost reply may have delivered
+//! entries) a runner first re-reads its own unacknowledged requests; it also
+//! claims requests left pending by dead consumers (XAUTOCLAIM) once they have
+//! been idle for a lease, the time after which a dead runner's runs are
+//! resumed too.
 //!
 //! Each live run is held under a lease (`flowcast:run:{id}:owner`), renewed
 //! by every commit and by a periodic sweep. Runs in `flowcast:runs:active`
@@ -14,10 +17,10 @@
 //! actor is rebuilt from Redis and its active nodes run again. A run's status
 //! guard makes initialising one run twice impossible.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use redis::aio::ConnectionManager;
@@ -60,8 +63,6 @@ impl Default for RunnerConfig {
 
 /// How long XREADGROUP blocks waiting for requests.
 const READ_BLOCK: Duration = Duration::from_millis(1000);
-/// Requests idle this long in a dead consumer's pending list are claimed.
-const CLAIM_IDLE: Duration = Duration::from_secs(30);
 /// Longest wait between retries of a failed read.
 const READ_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -73,12 +74,13 @@ pub struct CancelRun {
     pub run_id: String,
 }
 
-/// Stop taking work, wait (at most `grace`) for live runs to end, let go of
-/// the rest (they resume on the next start) and flush the Publisher.
+/// Stop taking work, wait for live runs to end, let go of the rest (they
+/// resume on the next start) and flush the Publisher, all within `grace`:
+/// the answer comes by then even if Redis is unreachable.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Drain {
-    /// How long live runs may take to finish.
+    /// How long the whole drain may take.
     pub grace: Duration,
 }
 
@@ -98,8 +100,14 @@ pub struct Runner {
     metrics: Metrics,
     runs: HashMap<String, Addr<RunActor>>,
     http: Rc<awc::Client>,
-    /// Read our own pending entries (id 0) before new ones (>).
+    /// Read our own pending entries (from `backlog_from`) before new ones (>).
     backlog_done: bool,
+    /// Where the next read of our own pending entries starts.
+    backlog_from: String,
+    /// Runs whose request is being initialised (one attempt at a time).
+    initialising: HashSet<String>,
+    /// The drain has stopped the run actors: start no more.
+    let_go: bool,
     read_backoff: Duration,
     reading_ok: bool,
     draining: bool,
@@ -123,6 +131,9 @@ impl Runner {
             runs: HashMap::new(),
             http: Rc::new(http_client()),
             backlog_done: false,
+            backlog_from: "0".into(),
+            initialising: HashSet::new(),
+            let_go: false,
             read_backoff: Duration::from_millis(50),
             reading_ok: false,
             draining: false,
@@ -142,7 +153,11 @@ impl Runner {
         if !backlog {
             opts = opts.block(READ_BLOCK.as_millis() as usize);
         }
-        let id = if backlog { "0" } else { ">" };
+        let id = if backlog {
+            self.backlog_from.clone()
+        } else {
+            ">".to_owned()
+        };
         async move {
             let r: redis::RedisResult<Option<StreamReadReply>> =
                 conn.xread_options(&[store::REQUESTS], &[id], &opts).await;
@@ -158,8 +173,17 @@ impl Runner {
                     .flat_map(|r| r.keys)
                     .flat_map(|k| k.ids)
                     .collect();
-                if backlog && entries.is_empty() {
-                    act.backlog_done = true;
+                if backlog {
+                    // Pending entries come back until acknowledged: page
+                    // through them instead of re-reading the same ones.
+                    match entries.last() {
+                        Some(e) => act.backlog_from = e.id.clone(),
+                        None => act.backlog_done = true,
+                    }
+                }
+                if act.draining {
+                    // Left pending: the next start, or another runner, takes them.
+                    return;
                 }
                 for e in entries {
                     let run_id: Option<String> = e.get("run_id");
@@ -175,6 +199,10 @@ impl Runner {
             }
             Err(e) => {
                 act.reading_ok = false;
+                // The lost reply may have delivered entries to us: re-read
+                // our own pending list first once reads work again.
+                act.backlog_done = false;
+                act.backlog_from = "0".into();
                 act.metrics
                     .redis_errors
                     .with_label_values(&["runner"])
@@ -207,24 +235,30 @@ impl Runner {
 
     /// Initialises a queued run (or resumes one initialised before a crash).
     fn init(&mut self, entry_id: String, run_id: String, ctx: &mut Context<Self>) {
+        if self.draining || !self.initialising.insert(run_id.clone()) {
+            return;
+        }
         let mut conn = self.conn.clone();
         let publisher = self.publisher.clone();
         let cfg = self.cfg.clone();
         let retry = (entry_id.clone(), run_id.clone());
         async move { initialise(&mut conn, &publisher, &cfg, entry_id, run_id).await }
             .into_actor(self)
-            .map(move |r, act, ctx| match r {
-                Ok(Init::Started(setup)) => {
-                    act.metrics.runs.with_label_values(&["started"]).inc();
-                    act.spawn_run(*setup, ctx)
-                }
-                Ok(Init::Resume(rec)) => act.resume(rec, ctx),
-                Ok(Init::Nothing) => {}
-                Err(e) => {
-                    log::warn!("run {}: initialisation failed ({e}); retrying", retry.1);
-                    ctx.run_later(Duration::from_millis(500), move |act, ctx| {
-                        act.init(retry.0, retry.1, ctx)
-                    });
+            .map(move |r, act, ctx| {
+                act.initialising.remove(&retry.1);
+                match r {
+                    Ok(Init::Started(setup)) => {
+                        act.metrics.runs.with_label_values(&["started"]).inc();
+                        act.spawn_run(*setup, ctx)
+                    }
+                    Ok(Init::Resume(rec)) => act.resume(*rec, ctx),
+                    Ok(Init::Nothing) => {}
+                    Err(e) => {
+                        log::warn!("run {}: initialisation failed ({e}); retrying", retry.1);
+                        ctx.run_later(Duration::from_millis(500), move |act, ctx| {
+                            act.init(retry.0, retry.1, ctx)
+                        });
+                    }
                 }
             })
             .spawn(ctx);
@@ -232,7 +266,9 @@ impl Runner {
 
     fn spawn_run(&mut self, setup: RunSetup, ctx: &mut Context<Self>) {
         let run_id = setup.run_id.clone();
-        if self.runs.contains_key(&run_id) {
+        if self.runs.contains_key(&run_id) || self.let_go {
+            // Already live here; or the drain is over: the run is durable
+            // and the next start resumes it.
             return;
         }
         let actor = RunActor::new(
@@ -290,7 +326,7 @@ impl Runner {
                 .arg(store::REQUESTS)
                 .arg(store::GROUP)
                 .arg(&cfg.instance_id)
-                .arg(CLAIM_IDLE.as_millis() as u64)
+                .arg(cfg.lease.as_millis() as u64)
                 .arg("0")
                 .arg("COUNT")
                 .arg(256)
@@ -326,7 +362,7 @@ impl Runner {
 /// What initialising a request came to.
 enum Init {
     Started(Box<RunSetup>),
-    Resume(RunRecord),
+    Resume(Box<RunRecord>),
     Nothing,
 }
 
@@ -349,7 +385,7 @@ async fn initialise(
         let _: () = conn
             .xack(store::REQUESTS, store::GROUP, &[&entry_id])
             .await?;
-        return Ok(Init::Resume(rec));
+        return Ok(Init::Resume(Box::new(rec)));
     }
     let dag = match rec.workflow.clone().compile(cfg.max_nodes) {
         Ok(d) => Arc::new(d),
@@ -388,7 +424,7 @@ async fn initialise(
         Some(Outcome::StatusMismatch) => {
             // Someone initialised it meanwhile; it is theirs or resumable.
             return Ok(match store::load_run(conn, &run_id).await? {
-                Some(rec) => Init::Resume(rec),
+                Some(rec) => Init::Resume(Box::new(rec)),
                 None => Init::Nothing,
             });
         }
@@ -421,6 +457,7 @@ async fn claim_and_load(
 ) -> Result<Option<RunSetup>> {
     let claimed: i64 = redis::Script::new(CLAIM_LUA)
         .key(store::owner_key(&rec.run_id))
+        .key(store::run_key(&rec.run_id))
         .arg(&cfg.instance_id)
         .arg(cfg.lease.as_millis() as u64)
         .invoke_async(conn)
@@ -472,8 +509,11 @@ async fn claim_and_load(
     }))
 }
 
-/// Takes a lease that is free or already held by this instance.
+/// Takes a lease that is free or already held by this instance, unless the
+/// run (KEYS[2]) has ended meanwhile: a lease is never left on a finished run.
 const CLAIM_LUA: &str = r#"
+local st = redis.call('HGET', KEYS[2], 'status')
+if not st or st == 'completed' or st == 'failed' or st == 'cancelled' then return 0 end
 local o = redis.call('GET', KEYS[1])
 if o and o ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -595,20 +635,22 @@ impl Handler<Drain> for Runner {
             msg.grace
         );
         let me = ctx.address();
-        let deadline = std::time::Instant::now() + msg.grace;
+        let deadline = Instant::now() + msg.grace;
+        // Runs may use the grace but for the time letting go of the rest takes.
+        let runs_until = deadline - (msg.grace / 10).min(Duration::from_millis(500));
         Box::pin(async move {
-            while std::time::Instant::now() < deadline {
+            while Instant::now() < runs_until {
                 match me.send(LiveRuns).await {
                     Ok(n) if n > 0 => actix_rt::time::sleep(Duration::from_millis(20)).await,
                     _ => break,
                 }
             }
-            let _ = me.send(LetGo).await;
+            let _ = me.send(LetGo { deadline }).await;
         })
     }
 }
 
-/// How many runs are live here.
+/// How many runs are live (or being initialised) here.
 #[derive(Message)]
 #[rtype(result = "usize")]
 struct LiveRuns;
@@ -617,37 +659,60 @@ impl Handler<LiveRuns> for Runner {
     type Result = usize;
 
     fn handle(&mut self, _: LiveRuns, _ctx: &mut Self::Context) -> usize {
-        self.runs.len()
+        self.runs.len() + self.initialising.len()
     }
 }
 
-/// Stops the remaining run actors, flushes the Publisher and releases leases.
+/// Stops the remaining run actors, flushes the Publisher and releases leases,
+/// giving up on what is not done by `deadline`.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct LetGo;
+struct LetGo {
+    deadline: Instant,
+}
 
 impl Handler<LetGo> for Runner {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: LetGo, _ctx: &mut Self::Context) -> Self::Result {
-        let left: Vec<String> = self.runs.keys().cloned().collect();
-        for a in self.runs.values() {
-            // Their state is durable; the next runner resumes them.
-            a.do_send(run::Stop);
-        }
+    fn handle(&mut self, msg: LetGo, _ctx: &mut Self::Context) -> Self::Result {
+        self.let_go = true;
+        let left: Vec<(String, Addr<RunActor>)> = self
+            .runs
+            .iter()
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect();
         let mut conn = self.conn.clone();
         let cfg = self.cfg.clone();
         let publisher = self.publisher.clone();
+        let deadline = tokio::time::Instant::from_std(msg.deadline);
         Box::pin(async move {
+            // Their state is durable; the next runner resumes them. Once a
+            // run actor has handled Stop it has stopped, so whatever commit
+            // it made is already queued at the Publisher, ahead of the flush,
+            // and none can follow the lease release below.
+            for (_, a) in &left {
+                let _ = a.send(run::Stop).await;
+            }
             let (done, rx) = tokio::sync::oneshot::channel();
             publisher.do_send(crate::publisher::Flush { done });
-            let _ = rx.await;
+            if tokio::time::timeout_at(deadline, rx).await.is_err() {
+                log::warn!(
+                    "runner: the Publisher did not flush within the grace (Redis unreachable?); unwritten changes are redone on the next start"
+                );
+                return;
+            }
             if !left.is_empty() {
                 log::info!(
                     "runner: {} unfinished runs left for the next start",
                     left.len()
                 );
-                let _ = lease_op(&mut conn, RELEASE_LUA, &cfg, &left).await;
+                let ids: Vec<String> = left.into_iter().map(|(id, _)| id).collect();
+                let release = lease_op(&mut conn, RELEASE_LUA, &cfg, &ids);
+                if !matches!(tokio::time::timeout_at(deadline, release).await, Ok(Ok(()))) {
+                    log::warn!(
+                        "runner: could not release the leases of unfinished runs; they expire"
+                    );
+                }
             }
         })
     }

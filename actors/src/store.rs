@@ -83,7 +83,9 @@ pub fn result_key(result_ref: &str) -> String {
 /// active set, request stream, owner lease. ARGV: channel, commit JSON,
 /// history max length, result key prefix, consumer group.
 /// Returns the number of events published, 0 for a duplicate, -1 when the
-/// expected status did not hold, -2 when another runner owns the run.
+/// expected status did not hold, -2 when another runner owns the run or the
+/// run has ended and this is not a retry of its last commit (a stale
+/// runner's commit).
 pub const COMMIT_LUA: &str = r#"
 local c = cjson.decode(ARGV[2])
 local function ack()
@@ -100,6 +102,11 @@ if c.expect_status then
   end
 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local st = redis.call('HGET', KEYS[1], 'status')
+if (st == 'completed' or st == 'failed' or st == 'cancelled') and c.seq ~= cur then
+  ack()
+  return -2
+end
 if c.seq <= cur then
   ack()
   return 0
