@@ -31,8 +31,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub enum Outcome {
     /// Applied; this many events were published.
     Applied(u32),
-    /// Already applied earlier (same or older seq): nothing changed.
+    /// A retry of the run's last commit, already applied: nothing changed.
     Duplicate,
+    /// The commit's events do not follow the run's stored seq: the sender's
+    /// view is behind Redis and must be rebuilt.
+    Behind,
     /// The run's status was not the expected one (already initialised).
     StatusMismatch,
     /// Another runner holds the run's lease, or the run has already ended
@@ -46,6 +49,7 @@ impl Outcome {
             0 => Self::Duplicate,
             -1 => Self::StatusMismatch,
             -2 => Self::NotOwner,
+            -3 => Self::Behind,
             n => Self::Applied(n.max(0) as u32),
         }
     }
@@ -129,8 +133,10 @@ impl Publisher {
             return;
         }
         let mut pipe = redis::pipe();
-        for item in self.queue.iter().take(n) {
+        let retry = self.backoff > BACKOFF_MIN;
+        for item in self.queue.iter_mut().take(n) {
             if let Item::Commit(p) = item {
+                p.commit.retry |= retry;
                 p.commit.add_to(&mut pipe, &self.sha, self.history_max);
             }
         }

@@ -244,7 +244,6 @@ impl RunActor {
         );
         if step.finished {
             self.push_event(&mut c, EventBody::WorkflowCompleted { run_id, counter: 0 });
-            self.metrics.runs.with_label_values(&["completed"]).inc();
         }
         self.send(c, ctx, move |act, ctx| {
             for &a in &step.activated {
@@ -317,7 +316,6 @@ impl RunActor {
                 counter: 0,
             },
         );
-        self.metrics.runs.with_label_values(&["failed"]).inc();
         self.send(c, ctx, |_, _| {});
     }
 
@@ -349,15 +347,35 @@ impl RunActor {
         then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
         self.in_flight += 1;
+        // The run's outcome, counted once the commit that ends it lands.
+        let ended = (c.active == -1).then(|| self.setup.state.status().as_str());
         // Enqueued now, not when the spawned future is first polled: the
         // context does not poll its futures in spawn order.
         let durable = publisher::publish(&self.publisher, c);
         ctx.spawn(durable.into_actor(self).map(move |outcome, act, ctx| {
             act.in_flight -= 1;
             match outcome {
-                Some(Outcome::NotOwner) => {
+                Some(Outcome::Applied(_)) => {
+                    if let Some(outcome) = ended {
+                        act.metrics.runs.with_label_values(&[outcome]).inc();
+                    }
+                    then(act, ctx)
+                }
+                // A retry of a commit that had landed (its answer was lost).
+                Some(Outcome::Duplicate) => then(act, ctx),
+                Some(Outcome::NotOwner) | Some(Outcome::StatusMismatch) => {
                     log::warn!(
                         "run {}: another runner holds it; letting go",
+                        act.setup.run_id
+                    );
+                    ctx.stop();
+                    return;
+                }
+                Some(Outcome::Behind) => {
+                    // Redis moved past this actor's view: stop, and the
+                    // runner's sweep rebuilds the run from what is stored.
+                    log::warn!(
+                        "run {}: stored state is ahead of this actor; reloading",
                         act.setup.run_id
                     );
                     ctx.stop();
@@ -367,7 +385,6 @@ impl RunActor {
                     ctx.stop();
                     return;
                 }
-                Some(_) => then(act, ctx),
             }
             if act.setup.state.status().is_terminal() && act.in_flight == 0 {
                 ctx.stop();
@@ -413,7 +430,6 @@ impl Handler<Cancel> for RunActor {
                 counter: 0,
             },
         );
-        self.metrics.runs.with_label_values(&["cancelled"]).inc();
         self.send(c, ctx, |_, _| {});
         true
     }

@@ -82,10 +82,11 @@ pub fn result_key(result_ref: &str) -> String {
 /// Applies a [`Commit`]. KEYS: run hash, run events, history, user results,
 /// active set, request stream, owner lease. ARGV: channel, commit JSON,
 /// history max length, result key prefix, consumer group.
-/// Returns the number of events published, 0 for a duplicate, -1 when the
-/// expected status did not hold, -2 when another runner owns the run or the
-/// run has ended and this is not a retry of its last commit (a stale
-/// runner's commit).
+/// Returns the number of events published, 0 for a retry of a commit that
+/// already landed, -1 when the expected status did not hold, -2 when another runner
+/// owns the run or the run has ended and this is not a retry of its last
+/// commit (a stale runner's commit), -3 when the commit's events do not
+/// follow the stored seq (the sender is behind the stored state).
 pub const COMMIT_LUA: &str = r#"
 local c = cjson.decode(ARGV[2])
 local function ack()
@@ -107,9 +108,12 @@ if (st == 'completed' or st == 'failed' or st == 'cancelled') and c.seq ~= cur t
   ack()
   return -2
 end
-if c.seq <= cur then
+if c.seq == cur or (c.retry and c.seq < cur) then
   ack()
   return 0
+end
+if c.seq - #c.events ~= cur then
+  return -3
 end
 if c.owner and c.lease_ms then
   redis.call('SET', KEYS[7], c.owner, 'PX', c.lease_ms)
@@ -169,6 +173,10 @@ pub struct Commit {
     /// A run-request stream entry to acknowledge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ack: Option<String>,
+    /// Set by the Publisher when it sends the commit again after a failed
+    /// write: a seq already stored then means "landed before", not "behind".
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 impl Commit {
@@ -186,6 +194,7 @@ impl Commit {
             events: Vec::new(),
             active: 0,
             ack: None,
+            retry: false,
         }
     }
 
