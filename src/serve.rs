@@ -156,7 +156,11 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             max_nodes: cfg.max_nodes,
             ..RunnerConfig::default()
         };
-        runner = Some(Runner::new(rcfg, redis.clone(), reader, publisher, metrics.clone()).start());
+        runner = Some(
+            Runner::new(rcfg, redis.clone(), reader, publisher, metrics.clone())
+                .with_control(client.clone())
+                .start(),
+        );
     }
 
     let (mut subscriber, mut subscriber_ready) = (None, None);

@@ -375,3 +375,39 @@ async fn http_timeouts_and_4xx_fail_the_run() {
         .contains("404"));
     srv.stop(false).await;
 }
+
+#[actix_rt::test]
+async fn cancel_through_an_instance_that_does_not_hold_the_run() {
+    let redis = Redis::start();
+    let a = Daemon::start(&redis, &["--instance-id", "runner-a"]);
+    register(&a, &chain("long-x", 2, 60000)).await;
+    let mut sub = Sub::new(&redis, "workflow:events:lena").await;
+    let run = start_run(&a, "lena", "long-x", json!({})).await;
+    assert_eq!(sub.take(1, T).await[0]["type"], "workflow_started");
+    // A second instance, started after the run was taken by the first.
+    let b = Daemon::start(&redis, &["--instance-id", "runner-b", "--role", "runner"]);
+    let r = post(
+        &format!("{}/api/v1/runs/{run}/cancel", b.api),
+        Some("lena"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["status"], "cancelling");
+    let ev = sub.take(1, T).await;
+    assert_eq!(ev[0]["type"], "workflow_cancelled", "{ev:?}");
+    assert_eq!(ev[0]["cancelled_nodes"], json!(["n0"]));
+    let view = wait_run(&b, "lena", &run, T).await;
+    assert_eq!(view["status"], "cancelled");
+    let again = post(
+        &format!("{}/api/v1/runs/{run}/cancel", b.api),
+        Some("lena"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert!(
+        sub.next(Duration::from_millis(300)).await.is_none(),
+        "one terminal event"
+    );
+}

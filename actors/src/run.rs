@@ -70,6 +70,8 @@ pub struct RunSetup {
     pub owner: String,
     /// How long each commit extends the lease.
     pub lease: Duration,
+    /// The owner asked to cancel it before this actor existed.
+    pub cancel_requested: bool,
 }
 
 /// The run actor.
@@ -398,6 +400,10 @@ impl Actor for RunActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.metrics.live_runs.inc();
+        if self.setup.cancel_requested {
+            ctx.notify(Cancel);
+            return;
+        }
         for i in self.setup.state.active() {
             self.launch(i, ctx);
         }

@@ -111,6 +111,8 @@ pub struct Runner {
     read_backoff: Duration,
     reading_ok: bool,
     draining: bool,
+    /// Where cancel requests from other instances arrive ([`store::CONTROL`]).
+    control: Option<redis::Client>,
 }
 
 impl Runner {
@@ -137,7 +139,15 @@ impl Runner {
             read_backoff: Duration::from_millis(50),
             reading_ok: false,
             draining: false,
+            control: None,
         }
+    }
+
+    /// Listens on [`store::CONTROL`] with its own connection, so that a run
+    /// held here can be cancelled through any API instance.
+    pub fn with_control(mut self, client: redis::Client) -> Self {
+        self.control = Some(client);
+        self
     }
 
     fn read(&mut self, ctx: &mut Context<Self>) {
@@ -312,6 +322,21 @@ impl Runner {
         let cfg = self.cfg.clone();
         async move {
             renew_leases(&mut conn, &cfg, &live).await?;
+            let mut pipe = redis::pipe();
+            for r in &live {
+                pipe.hexists(store::run_key(r), "cancel_requested");
+            }
+            let flags: Vec<bool> = if live.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut conn).await?
+            };
+            let to_cancel: Vec<String> = live
+                .iter()
+                .zip(flags)
+                .filter(|(_, f)| *f)
+                .map(|(r, _)| r.clone())
+                .collect();
             let active: Vec<String> = conn.smembers(store::ACTIVE).await?;
             let mut orphans = Vec::new();
             for run_id in active.into_iter().filter(|r| !live.contains(r)) {
@@ -332,11 +357,16 @@ impl Runner {
                 .arg(256)
                 .query_async(&mut conn)
                 .await?;
-            Ok::<_, crate::error::Error>((orphans, claimed_entries(claimed)))
+            Ok::<_, crate::error::Error>((orphans, claimed_entries(claimed), to_cancel))
         }
         .into_actor(self)
         .map(|r, act, ctx| match r {
-            Ok((orphans, claimed)) => {
+            Ok((orphans, claimed, to_cancel)) => {
+                for r in to_cancel {
+                    if let Some(a) = act.runs.get(&r) {
+                        a.do_send(Cancel);
+                    }
+                }
                 for rec in orphans {
                     if rec.status == crate::counter::RunStatus::Queued {
                         continue; // still in the request stream
@@ -446,6 +476,7 @@ async fn initialise(
         seq: 1,
         owner: cfg.instance_id.clone(),
         lease: cfg.lease,
+        cancel_requested: rec.cancel_requested,
     })))
 }
 
@@ -506,6 +537,7 @@ async fn claim_and_load(
         seq: rec.seq,
         owner: cfg.instance_id.clone(),
         lease: cfg.lease,
+        cancel_requested: rec.cancel_requested,
     }))
 }
 
@@ -588,9 +620,35 @@ impl Actor for Runner {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(client) = self.control.clone() {
+            actix::spawn(listen_control(client, ctx.address()));
+        }
         self.read(ctx);
         self.sweep(ctx);
         ctx.run_interval(self.cfg.lease / 3, |act, ctx| act.sweep(ctx));
+    }
+}
+
+/// Forwards cancel requests announced on [`store::CONTROL`] to the runner,
+/// reconnecting while the runner lives. Requests missed while disconnected
+/// are found by the sweep (the run's `cancel_requested` field).
+async fn listen_control(client: redis::Client, runner: Addr<Runner>) {
+    use futures_util::StreamExt;
+    while runner.connected() {
+        match client.get_async_pubsub().await {
+            Ok(mut ps) => {
+                if ps.subscribe(store::CONTROL).await.is_ok() {
+                    let mut msgs = ps.on_message();
+                    while let Some(m) = msgs.next().await {
+                        if let Ok(run_id) = m.get_payload::<String>() {
+                            runner.do_send(CancelRun { run_id });
+                        }
+                    }
+                }
+            }
+            Err(e) => log::debug!("runner: control channel unavailable ({e})"),
+        }
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -24,6 +24,7 @@
 //! | `flowcast:history:{u}` | stream | the user's events (capped) |
 //! | `flowcast:result:{ref}` | string | a node output's canonical JSON |
 //! | `workflow:events:{u}` | channel | the seed's PubSub channel |
+//! | `flowcast:control` | channel | run ids whose owner asked to cancel them |
 
 use std::collections::HashMap;
 
@@ -43,6 +44,8 @@ pub const GROUP: &str = "runners";
 pub const ACTIVE: &str = "flowcast:runs:active";
 /// Registered workflows.
 pub const WORKFLOWS: &str = "flowcast:workflows";
+/// Channel on which cancel requests reach every runner.
+pub const CONTROL: &str = "flowcast:control";
 /// Prefix of result keys.
 pub const RESULT_PREFIX: &str = "flowcast:result:";
 
@@ -285,6 +288,8 @@ pub struct RunRecord {
     pub inputs: Value,
     /// Node states by node id (absent: waiting).
     pub nodes: HashMap<String, NodeRecord>,
+    /// The owner asked to cancel it (through an instance that did not hold it).
+    pub cancel_requested: bool,
 }
 
 impl RunRecord {
@@ -339,6 +344,7 @@ fn parse_run(run_id: &str, mut h: HashMap<String, String>) -> Result<RunRecord> 
     let counter = num(h.remove("counter")) as u32;
     let seq = num(h.remove("seq"));
     let created_ms = num(h.remove("created_ms"));
+    let cancel_requested = h.remove("cancel_requested").is_some();
     let nodes = h
         .into_iter()
         .filter_map(|(k, v)| {
@@ -357,7 +363,23 @@ fn parse_run(run_id: &str, mut h: HashMap<String, String>) -> Result<RunRecord> 
         workflow,
         inputs,
         nodes,
+        cancel_requested,
     })
+}
+
+/// Asks whichever runner holds a run to cancel it: the request is recorded
+/// on the run (so a runner that initialises or resumes it later sees it) and
+/// announced on [`CONTROL`].
+pub async fn request_cancel<C: ConnectionLike>(conn: &mut C, run_id: &str) -> Result<()> {
+    redis::pipe()
+        .atomic()
+        .hset(run_key(run_id), "cancel_requested", 1)
+        .ignore()
+        .publish(CONTROL, run_id)
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
 }
 
 /// Makes sure the run-request stream and its consumer group exist.

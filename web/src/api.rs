@@ -411,7 +411,9 @@ async fn cancel_run(
         None => None,
     };
     match cancelled {
-        Some(true) => Ok(HttpResponse::Accepted().json(json!({"run_id": run.run_id, "status": "cancelled"}))),
+        Some(true) => {
+            Ok(HttpResponse::Accepted().json(json!({"run_id": run.run_id, "status": "cancelled"})))
+        }
         Some(false) => {
             // It ended meanwhile; say how.
             let now = owned_run(&st, &user, &run.run_id).await?;
@@ -425,10 +427,15 @@ async fn cancel_run(
                 ))
             }
         }
-        None => Err(ApiError::unavailable(format!(
-            "run {} is not held by this instance's runner (queued, or owned by another instance); retry shortly",
-            run.run_id
-        ))),
+        None => {
+            // Held by another instance (or not initialised yet): ask
+            // whichever runner holds it, now or later.
+            store::request_cancel(&mut st.redis.clone(), &run.run_id).await?;
+            Ok(
+                HttpResponse::Accepted()
+                    .json(json!({"run_id": run.run_id, "status": "cancelling"})),
+            )
+        }
     }
 }
 
