@@ -316,7 +316,9 @@ async fn the_shared_subscription_stays_up_and_loses_nothing_while_idle() {
     let mut ws = ws_connect(&d, "/ws?username=steady").await;
     wait_ready(&d).await;
     let conn_before = pubsub_client_ids(&redis);
-    assert_eq!(conn_before.len(), 1);
+    // The Subscriber's connection, and the runner's control listener.
+    assert_eq!(conn_before.len(), 2);
+    assert_eq!(pubsub_clients(&redis), 1);
     // A steady trickle across several of the Subscriber's health checks: every
     // event arrives, in order, over the same Redis connection.
     let mut pubc = publisher(&redis).await;
@@ -774,10 +776,16 @@ fn numsub(redis: &Redis, user: &str) -> i64 {
     v.1
 }
 
-/// Connections in PubSub mode.
+/// Connections in PubSub mode serving WebSockets: all of them but the
+/// runners' control listeners (subscribed to `flowcast:control`).
 fn pubsub_clients(redis: &Redis) -> usize {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
+        .query(&mut redis.conn())
+        .unwrap();
+    let control: (String, usize) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("flowcast:control")
         .query(&mut redis.conn())
         .unwrap();
     list.lines()
@@ -786,6 +794,7 @@ fn pubsub_clients(redis: &Redis) -> usize {
                 .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('P')))
         })
         .count()
+        - control.1
 }
 
 /// Ids of the connections in PubSub mode.
