@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Supervisor};
+use actix::Supervisor;
 use actix_web::{App, HttpServer};
 use anyhow::{bail, Context};
 use flowcast_actors::metrics::Metrics;
@@ -156,11 +156,9 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             max_nodes: cfg.max_nodes,
             ..RunnerConfig::default()
         };
-        runner = Some(
-            Runner::new(rcfg, redis.clone(), reader, publisher, metrics.clone())
-                .with_control(client.clone())
-                .start(),
-        );
+        let r = Runner::new(rcfg, redis.clone(), reader, publisher, metrics.clone())
+            .with_control(client.clone());
+        runner = Some(Supervisor::start(move |_| r));
     }
 
     let (mut subscriber, mut subscriber_ready) = (None, None);

@@ -652,6 +652,17 @@ async fn listen_control(client: redis::Client, runner: Addr<Runner>) {
     }
 }
 
+/// Restarted by its `Supervisor` if it ever stops: its live runs stay, it
+/// re-reads its own pending requests and sweeps again.
+impl Supervised for Runner {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        log::warn!("runner restarting with {} live runs", self.runs.len());
+        self.reading_ok = false;
+        self.backlog_done = false;
+        self.backlog_from = "0".into();
+    }
+}
+
 impl Handler<RunStopped> for Runner {
     type Result = ();
 
