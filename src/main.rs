@@ -1,7 +1,8 @@
 //! The `flowcast` binary: parses the command line and hands over to the
-//! daemon (`serve`). Everything else lives in the `flowcast-actors` and
-//! `flowcast-web` crates.
+//! daemon (`serve`) or the load generator (`bench`). Everything else lives
+//! in the `flowcast-actors` and `flowcast-web` crates.
 
+mod bench;
 mod config;
 mod serve;
 
@@ -12,5 +13,6 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
         config::Command::Serve(cfg) => serve::run(*cfg),
+        config::Command::Bench(cmd) => bench::run(cmd),
     }
 }

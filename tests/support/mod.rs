@@ -19,12 +19,18 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A free port below the ephemeral range, where outgoing connections of
+/// the tests' clients cannot take it.
+fn redis_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 250) as u16 * 40;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 fn redis_server_bin() -> String {
@@ -40,20 +46,27 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("flowcast-test-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Self {
-            port,
-            dir,
-            child: None,
-        };
-        r.spawn();
-        r
+        // A port can be taken between the probe and redis-server's bind (by
+        // another test's daemon or client): try a few.
+        for _ in 0..5 {
+            let port = redis_port();
+            let dir = std::env::temp_dir()
+                .join(format!("flowcast-test-redis-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut r = Self {
+                port,
+                dir,
+                child: None,
+            };
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("could not start a redis-server on a free port");
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on `self.port`; false if it exited (port taken).
+    fn spawn(&mut self) -> bool {
         let child = Command::new(redis_server_bin())
             .args([
                 "--port",
@@ -71,11 +84,15 @@ impl Redis {
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
             if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
+                    return true;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -106,7 +123,13 @@ impl Redis {
     /// Starts it again on the same port and data (AOF reloaded).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        for _ in 0..50 {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server could not restart on port {}", self.port);
     }
 }
 
