@@ -19,16 +19,18 @@ use crate::event::EventMeta;
 use crate::metrics::Metrics;
 
 /// One event as delivered to sessions: parsed once, shared by all of them.
+/// The routing fields are slices of `text` (no copies) unless the JSON
+/// escaped them.
 #[derive(Debug)]
 pub struct FrameData {
     /// The event's JSON text, sent as the WebSocket text frame.
     pub text: ByteString,
     /// The event's `type`.
-    pub kind: String,
+    pub kind: ByteString,
     /// Its run.
-    pub run_id: String,
+    pub run_id: ByteString,
     /// Its history id (empty if the publisher gave none).
-    pub event_id: String,
+    pub event_id: ByteString,
 }
 
 /// An event for a session.
@@ -39,14 +41,25 @@ pub struct Frame(pub Arc<FrameData>);
 impl Frame {
     /// Parses an event's JSON once. `None` if it is not an event object.
     pub fn parse(text: ByteString) -> Option<Self> {
-        let meta: EventMeta = serde_json::from_str(&text).ok()?;
-        let data = FrameData {
-            kind: meta.kind.into_owned(),
-            run_id: meta.run_id.map(|r| r.into_owned()).unwrap_or_default(),
-            event_id: meta.event_id.map(|r| r.into_owned()).unwrap_or_default(),
-            text,
+        let (kind, run_id, event_id) = {
+            let meta: EventMeta = serde_json::from_str(&text).ok()?;
+            let field = |c: Option<std::borrow::Cow<'_, str>>| match c {
+                None => ByteString::new(),
+                Some(std::borrow::Cow::Borrowed(b)) => text.slice_ref(b),
+                Some(std::borrow::Cow::Owned(o)) => ByteString::from(o),
+            };
+            (
+                field(Some(meta.kind)),
+                field(meta.run_id),
+                field(meta.event_id),
+            )
         };
-        Some(Self(Arc::new(data)))
+        Some(Self(Arc::new(FrameData {
+            text,
+            kind,
+            run_id,
+            event_id,
+        })))
     }
 }
 
@@ -83,8 +96,10 @@ pub struct Filter {
 impl Filter {
     /// True when the frame passes the filter.
     pub fn matches(&self, f: &FrameData) -> bool {
-        self.types.as_ref().is_none_or(|t| t.contains(&f.kind))
-            && self.run_id.as_ref().is_none_or(|r| *r == f.run_id)
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| t == &*f.kind))
+            && self.run_id.as_ref().is_none_or(|r| r == &*f.run_id)
     }
 }
 

@@ -98,6 +98,18 @@ pub struct Subscriber {
     ready: Arc<AtomicBool>,
     max_sessions_per_user: usize,
     metrics: Metrics,
+    /// Threads the Fanout actors run on, one per core: a user's Fanout lives
+    /// on the thread its name hashes to, so fan-out work is spread over the
+    /// cores instead of sharing this actor's thread.
+    fanout_threads: Vec<actix_rt::Arbiter>,
+}
+
+/// Picks a Fanout thread for a user (FNV-1a: stable and cheap).
+fn thread_of(user: &str, threads: usize) -> usize {
+    let h = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % threads.max(1) as u64) as usize
 }
 
 impl Subscriber {
@@ -117,6 +129,9 @@ impl Subscriber {
             ready: Arc::new(AtomicBool::new(false)),
             max_sessions_per_user,
             metrics,
+            fanout_threads: (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .map(|_| actix_rt::Arbiter::new())
+                .collect(),
         }
     }
 
@@ -356,13 +371,14 @@ impl Handler<Join> for Subscriber {
         }
         let metrics = self.metrics.clone();
         let is_new = !self.users.contains_key(&msg.user);
-        let entry = self
-            .users
-            .entry(msg.user.clone())
-            .or_insert_with(|| UserEntry {
-                fanout: Fanout::new(msg.user.clone(), metrics).start(),
+        let entry = self.users.entry(msg.user.clone()).or_insert_with(|| {
+            let user = msg.user.clone();
+            let thread = &self.fanout_threads[thread_of(&user, self.fanout_threads.len())];
+            UserEntry {
+                fanout: Fanout::start_in_arbiter(&thread.handle(), |_| Fanout::new(user, metrics)),
                 sessions: Default::default(),
-            });
+            }
+        });
         entry.sessions.insert(msg.session.id);
         entry.fanout.do_send(AddSession(msg.session));
         if is_new {
