@@ -255,6 +255,11 @@ pub struct ServeConfig {
     /// Extra time a peer has to answer pings before it is dropped, in ms.
     #[arg(long, env = "FLOWCAST_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
     pub client_timeout_ms: u64,
+    /// Kernel TCP user timeout on WebSocket connections, in ms: a peer that
+    /// stops reading (zero window) is cut after this long, even when its
+    /// session actor is stalled.
+    #[arg(long, env = "FLOWCAST_TCP_USER_TIMEOUT_MS", default_value_t = 60_000)]
+    pub tcp_user_timeout_ms: u64,
     /// Run lease duration, in ms: how soon another runner resumes a dead runner's runs.
     #[arg(long, env = "FLOWCAST_LEASE_MS", default_value_t = 15_000)]
     pub lease_ms: u64,

@@ -128,6 +128,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let ws_cfg = WsConfig {
         heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms.max(100)),
         client_timeout: Duration::from_millis(cfg.client_timeout_ms),
+        tcp_user_timeout: Duration::from_millis(cfg.tcp_user_timeout_ms.max(1000)),
         max_queue_msgs: cfg.max_queue_msgs.max(1),
         ..WsConfig::default()
     };

@@ -309,6 +309,69 @@ async fn a_slow_socket_is_closed_with_4008_and_never_slows_the_others() {
     assert_no_panic(&d);
 }
 
+/// actix/actix-web#2441: a `WebsocketContext` whose socket stopped draining
+/// is no longer polled, so its timers and mailbox stall. A peer that never
+/// reads again must still be cut, and its session cleaned up, without the
+/// stalled actor's help: the Fanout stops feeding it at once (4008) and the
+/// kernel's TCP user timeout aborts the connection.
+#[actix_rt::test]
+async fn a_peer_that_never_reads_again_is_cut_and_cleaned_up() {
+    let redis = Redis::start();
+    let d = Daemon::start(
+        &redis,
+        &["--max-queue-msgs", "16", "--tcp-user-timeout-ms", "1500"],
+    );
+    let user = "stuck";
+    // Connected, then never polled again.
+    let _stuck = ws_connect(&d, &format!("/ws?username={user}")).await;
+    wait_ready(&d).await;
+    wait_metric(&d, "flowcast_ws_sessions", 1.0).await;
+    let pad = "x".repeat(2000);
+    let mut pubc = publisher(&redis).await;
+    let mut seq = 0u64;
+    // Small batches, paced: the session keeps its mailbox drained into the
+    // socket until the socket buffers are full and the actor stalls; only
+    // then does its queue fill.
+    loop {
+        let mut pipe = redis::pipe();
+        for _ in 0..8 {
+            seq += 1;
+            let e = json!({"type": "node_completed", "run_id": "stuck", "seq": seq, "pad": pad});
+            pipe.cmd("PUBLISH")
+                .arg(format!("workflow:events:{user}"))
+                .arg(e.to_string())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut pubc).await.unwrap();
+        actix_rt::time::sleep(Duration::from_millis(2)).await;
+        if seq.is_multiple_of(256) {
+            let m = metrics(&d).await;
+            if metric(&m, "flowcast_ws_slow_consumer_closes_total").unwrap_or(0.0) >= 1.0 {
+                break;
+            }
+        }
+        assert!(seq < 200_000, "the stuck peer was never evicted");
+    }
+    // The peer still reads nothing; the kernel cuts it and the session,
+    // the Fanout and the channel subscription are all released.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = metrics(&d).await;
+        if metric(&m, "flowcast_ws_sessions") == Some(0.0)
+            && metric(&m, "flowcast_ws_users") == Some(0.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck session was never cleaned up:\n{m}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_until("the channel is unsubscribed", || numsub(&redis, user) == 0).await;
+    assert_no_panic(&d);
+}
+
 #[actix_rt::test]
 async fn the_shared_subscription_stays_up_and_loses_nothing_while_idle() {
     let redis = Redis::start();
