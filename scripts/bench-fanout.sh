@@ -10,7 +10,9 @@
 #      RATES (sweep), IDLE_CONNS (idle), FANOUT_PROCS and TOTAL_CONNS (reuseport).
 # Each server is started fresh for its run and stopped after; JSON lines go to
 # $BENCH_DIR/results.jsonl. Needs `cargo build --release`, redis-server, and
-# nginx + libnginx-mod-nchan for the nchan targets.
+# nginx + libnginx-mod-nchan for the nchan targets (both installed with
+# apt-get when missing, see bench-lib.sh). FLOWCAST / BENCH_CLIENT choose the
+# server and client binaries (bench-lib.sh).
 
 # shellcheck source=scripts/bench-lib.sh
 source "$(dirname "$0")/bench-lib.sh"
@@ -70,7 +72,7 @@ run_reuseport() {
     local before after
     before="$(ps -o rss= -p "$(IFS=,; echo "${pids[*]}")" | awk '{s+=$1} END {print s}')"
     for i in $(seq 0 $((n - 1))); do
-        "$FLOWCAST" bench fanout --url "ws://127.0.0.1:$WS_PORT/ws?username={user}" --rate 0 \
+        "$BENCH_CLIENT" bench fanout --url "ws://127.0.0.1:$WS_PORT/ws?username={user}" --rate 0 \
             --users 1000 -c "$total" --shard "$i/$n" --connect-rate 600 --connect-concurrency 64 --settle-ms 2000 \
             -d "${DURATION:-60}" --label "reuseport-$i/$n" >>"$BENCH_DIR/reuseport.jsonl" \
             2>>"$BENCH_DIR/reuseport.log" &
@@ -104,7 +106,7 @@ for target in ${TARGETS//,/ }; do
     http_conns=2; [ "$target" != flowcast ] && http_conns="${PUB_CONNS:-8}"
     case "$SCENARIO" in
         closed)     # target 1: 1 user × 1,000 connections, closed-loop publisher
-            run_target "$target" --users 1 -c 1000 --window 8 -d "${DURATION:-15}";;
+            run_target "$target" --users 1 -c 1000 --window 8 -d "${DURATION:-10}";;
         broadcast)  # target 2: 1 user × 5,000 connections at 10 events/s
             run_target "$target" --users 1 -c 5000 --rate 10 -d "${DURATION:-30}";;
         tenants)    # target 3: 10,000 users × 1 connection at 5,000 events/s

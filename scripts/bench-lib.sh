@@ -6,10 +6,24 @@
 #
 # Source it; then call bench_start_redis, bench_start_flowcast ROLE [ARGS],
 # bench_start_nchan, and bench_stop_all (also run by the EXIT trap).
+#
+# Needs: target/release/flowcast (`cargo build --release`), redis-server, and
+# for the nchan targets nginx with Debian's libnginx-mod-nchan. redis-server,
+# nginx and the module are installed with apt-get when missing (as root or
+# through sudo), like scripts/lib.sh does for Redis. Installing the nginx
+# package may start a system nginx on :80; the benchmarks neither use nor stop
+# it (theirs is a separate nginx with its own prefix under $BENCH_DIR).
+#
+# Env: FLOWCAST (the server binary, default target/release/flowcast),
+# BENCH_CLIENT (the binary that runs `flowcast bench`, default $FLOWCAST: set
+# it to compare two server builds with the same client), BENCH_DIR, RESULTS,
+# REDIS_PORT, API_PORT, WS_PORT, NCHAN_REDIS_PORT, NCHAN_MEM_PORT.
 
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 BENCH_DIR="${BENCH_DIR:-/tmp/flowcast-bench}"
 REDIS_PORT="${REDIS_PORT:-6400}"
 REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
@@ -18,10 +32,19 @@ WS_PORT="${WS_PORT:-18084}"
 NCHAN_REDIS_PORT="${NCHAN_REDIS_PORT:-18090}"
 NCHAN_MEM_PORT="${NCHAN_MEM_PORT:-18091}"
 FLOWCAST="${FLOWCAST:-$ROOT/target/release/flowcast}"
+BENCH_CLIENT="${BENCH_CLIENT:-$FLOWCAST}"
+NCHAN_MODULE="${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}"
 RESULTS="${RESULTS:-$BENCH_DIR/results.jsonl}"
 BENCH_PIDS=()
 
 mkdir -p "$BENCH_DIR"
+
+for bin in "$FLOWCAST" "$BENCH_CLIENT"; do
+    if [ ! -x "$bin" ]; then
+        log_error "$bin not found: run 'cargo build --release' first"
+        exit 1
+    fi
+done
 
 bench_log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -34,8 +57,31 @@ bench_wait_port() {
     bench_log "port $1 did not open"; return 1
 }
 
+# Makes sure nginx and the nchan module (Debian: nginx, libnginx-mod-nchan)
+# are installed, installing them with apt-get when not; exits 1 otherwise.
+ensure_nchan_installed() {
+    if command -v nginx >/dev/null 2>&1 && [ -f "$NCHAN_MODULE" ]; then return 0; fi
+    local how="install nginx and nchan (Debian/Ubuntu: 'apt-get install nginx libnginx-mod-nchan'; the module must be at $NCHAN_MODULE, or set NCHAN_MODULE) and run this again"
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log_error "nginx or the nchan module not found and apt-get is not available: $how"
+        exit 1
+    fi
+    log_info "nginx or the nchan module not found; installing nginx and libnginx-mod-nchan with apt-get"
+    if ! _as_root env DEBIAN_FRONTEND=noninteractive apt-get update \
+        || ! _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx libnginx-mod-nchan; then
+        log_error "apt-get could not install nginx libnginx-mod-nchan: $how"
+        exit 1
+    fi
+    hash -r
+    if ! command -v nginx >/dev/null 2>&1 || [ ! -f "$NCHAN_MODULE" ]; then
+        log_error "nginx or $NCHAN_MODULE still missing after installing: $how"
+        exit 1
+    fi
+}
+
 # A fresh Redis on $REDIS_PORT with AOF (appendfsync everysec), data in $BENCH_DIR/redis.
 bench_start_redis() {
+    ensure_redis_installed
     rm -rf "$BENCH_DIR/redis"; mkdir -p "$BENCH_DIR/redis"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$BENCH_DIR/redis" \
         --appendonly yes --appendfsync everysec --save '' --daemonize no \
@@ -59,10 +105,12 @@ bench_start_flowcast() {
 # nginx + nchan from scripts/nchan/nchan.conf, prefix $BENCH_DIR/nchan; sets
 # NCHAN_PIDS (master and workers, for --pid).
 bench_start_nchan() {
+    ensure_nchan_installed
     local p="$BENCH_DIR/nchan"
     rm -rf "$p"; mkdir -p "$p/tmp"
     sed -e "s/REDIS_PORT/$REDIS_PORT/" -e "s/127.0.0.1:8090/127.0.0.1:$NCHAN_REDIS_PORT/" \
-        -e "s/127.0.0.1:8091/127.0.0.1:$NCHAN_MEM_PORT/" "$ROOT/scripts/nchan/nchan.conf" >"$p/nchan.conf"
+        -e "s/127.0.0.1:8091/127.0.0.1:$NCHAN_MEM_PORT/" -e "s|/usr/lib/nginx/modules/ngx_nchan_module.so|$NCHAN_MODULE|" \
+        "$ROOT/scripts/nchan/nchan.conf" >"$p/nchan.conf"
     nginx -p "$p/" -c "$p/nchan.conf" -e "$p/error.log" &
     NCHAN_MASTER=$!; BENCH_PIDS+=("$NCHAN_MASTER")
     bench_wait_port "$NCHAN_REDIS_PORT"; bench_wait_port "$NCHAN_MEM_PORT"
@@ -76,10 +124,10 @@ bench_start_nchan() {
 # --pid flags for a list of pids.
 bench_pid_flags() { local p; for p in "$@"; do printf -- '--pid %s ' "$p"; done; }
 
-# Runs `flowcast bench ...`, appends its JSON line to $RESULTS, echoes it.
+# Runs `flowcast bench ...` ($BENCH_CLIENT), appends its JSON line to $RESULTS, echoes it.
 bench_run() {
     local line
-    line="$(timeout 900 "$FLOWCAST" bench "$@")"
+    line="$(timeout 900 "$BENCH_CLIENT" bench "$@")"
     printf '%s\n' "$line" >>"$RESULTS"
     printf '%s\n' "$line"
 }

@@ -10,7 +10,9 @@
 #         100), CONCURRENCY runs in flight (default 8)
 #   seed: the seed's flight-search, one run at a time (idle): POST →
 #         workflow_started at the socket
-# JSON lines go to $BENCH_DIR/results.jsonl.
+# JSON lines go to $BENCH_DIR/results.jsonl. Needs `cargo build --release` and
+# redis-server (installed with apt-get when missing, see bench-lib.sh); env:
+# DURATION (default 20 s), RUNS, and for wide WIDTH, CONCURRENCY, USERS.
 
 # shellcheck source=scripts/bench-lib.sh
 source "$(dirname "$0")/bench-lib.sh"

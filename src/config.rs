@@ -201,6 +201,8 @@ impl Role {
 pub enum AuthMode {
     /// The `X-User-ID` header (REST) / `username` parameter (WebSocket), set by a trusted gateway.
     Header,
+    /// HS256 tokens (`Authorization: Bearer` on REST, `?token=` on WebSocket); the username is the subject.
+    Jwt,
 }
 
 /// `flowcast serve` settings.
@@ -228,6 +230,9 @@ pub struct ServeConfig {
     /// How callers are identified.
     #[arg(long, env = "FLOWCAST_AUTH", value_enum, default_value = "header")]
     pub auth: AuthMode,
+    /// Shared HS256 secret that signs tokens (`--auth jwt`).
+    #[arg(long, env = "FLOWCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
     /// Runner instance name (consumer name and lease holder); keep it stable across restarts.
     #[arg(long, env = "FLOWCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,

@@ -22,11 +22,12 @@ use flowcast_actors::publisher::Publisher;
 use flowcast_actors::runner::{Drain, Runner, RunnerConfig};
 use flowcast_actors::subscriber::{CloseAllSessions, Subscriber};
 use flowcast_actors::{registry, store};
+use flowcast_web::auth::{Auth, JwtVerifier};
 use flowcast_web::{AppState, Limits, WsConfig};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::config::ServeConfig;
+use crate::config::{AuthMode, ServeConfig};
 
 /// Default workflows folder, used when present and none is configured.
 const DEFAULT_WORKFLOWS_DIR: &str = "examples/workflows";
@@ -87,6 +88,15 @@ fn listener(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
 }
 
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let auth = match (cfg.auth, &cfg.jwt_secret) {
+        (AuthMode::Header, _) => Auth::Header,
+        (AuthMode::Jwt, Some(secret)) if secret.len() >= 16 => {
+            Auth::Jwt(Arc::new(JwtVerifier::new(secret.as_bytes())))
+        }
+        (AuthMode::Jwt, _) => {
+            bail!("--auth jwt needs --jwt-secret / FLOWCAST_JWT_SECRET of at least 16 bytes")
+        }
+    };
     // Listen from the start: a signal during start-up, or a second one sent
     // right after the first, is never missed (nor fatal).
     let mut signals = Signals::new();
@@ -179,6 +189,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ws: ws_cfg.clone(),
         next_session: Arc::new(AtomicU64::new(1)),
         metrics,
+        auth,
     };
 
     let mut servers = Vec::new();

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod auth;
 mod errors;
 mod fanout;
 mod recovery;

@@ -1,14 +1,83 @@
 //! Who is calling: the username of a request.
 //!
 //! In `header` mode (the seed's model, for use behind a gateway) the
-//! username is the `X-User-ID` header. It names the user's channel and keys,
-//! so it is validated (see `flowcast_actors::user`).
+//! username is the `X-User-ID` header. In `jwt` mode it is the `sub` of an
+//! HS256 token signed with the configured secret (`Authorization: Bearer`
+//! on REST, `?token=` on the WebSocket). Either way it names the user's
+//! channel and keys, so it is validated (see `flowcast_actors::user`).
+
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest};
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpRequest};
 use flowcast_actors::user::validate_username;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How callers are identified.
+#[derive(Clone)]
+pub enum Auth {
+    /// Trust `X-User-ID` / `username` set by a gateway in front.
+    Header,
+    /// Verify HS256 tokens; the username is the token's subject.
+    Jwt(Arc<JwtVerifier>),
+}
+
+/// Verifies HS256 tokens signed with one shared secret.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+impl JwtVerifier {
+    /// A verifier for tokens signed with `secret`; `exp` is required.
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// The token's subject, checked as a username.
+    pub fn username(&self, token: &str) -> Result<String, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        validate_username(&data.claims.sub)
+            .map_err(|m| ApiError::unauthorized(format!("token subject: {m}")))?;
+        Ok(data.claims.sub)
+    }
+}
+
+/// The caller of a WebSocket request in `jwt` mode: the token's subject;
+/// a `username` that differs from it is refused.
+pub fn ws_user(auth: &Auth, token: Option<&str>, username: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Auth::Jwt(v) = auth else { return Ok(None) };
+    let Some(token) = token else {
+        return Err(ApiError::unauthorized("missing token query parameter"));
+    };
+    let sub = v.username(token)?;
+    if let Some(u) = username {
+        if u != sub {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "username does not match the token's subject",
+            ));
+        }
+    }
+    Ok(Some(sub))
+}
 
 /// The header carrying the username.
 pub const USER_HEADER: &str = "X-User-ID";
@@ -27,6 +96,16 @@ impl FromRequest for User {
 }
 
 fn user_of(req: &HttpRequest) -> Result<User, ApiError> {
+    let auth = req.app_data::<web::Data<AppState>>().map(|st| st.auth.clone());
+    if let Some(Auth::Jwt(v)) = auth {
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        return v.username(token.trim()).map(User);
+    }
     let mut values = req.headers().get_all(USER_HEADER);
     let Some(v) = values.next() else {
         return Err(ApiError::unauthorized(format!(

@@ -79,4 +79,6 @@ pub struct AppState {
     pub next_session: Arc<AtomicU64>,
     /// Metrics.
     pub metrics: Metrics,
+    /// How callers are identified.
+    pub auth: crate::auth::Auth,
 }

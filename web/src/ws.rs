@@ -19,6 +19,7 @@ use flowcast_actors::store;
 use flowcast_actors::subscriber::{Join, JoinError};
 use flowcast_actors::user::validate_username;
 
+use crate::auth::{ws_user, Auth};
 use crate::error::ApiError;
 use crate::session::{Replay, WsSession};
 use crate::state::AppState;
@@ -48,14 +49,20 @@ pub struct WsQuery {
     pub last_event_id: Option<String>,
 }
 
-/// Parses and checks a `/ws` query string.
-pub fn parse_query(qs: &str) -> Result<WsQuery, ApiError> {
+/// Parses and checks a `/ws` query string. In `jwt` mode the user is the
+/// subject of `token`, and a `username` that differs is refused.
+pub fn parse_query(qs: &str, auth: &Auth) -> Result<WsQuery, ApiError> {
     let q: HashMap<String, String> = web::Query::<HashMap<String, String>>::from_query(qs)
         .map_err(|e| {
             ApiError::bad_request("invalid_query", format!("malformed query string: {e}"))
         })?
         .into_inner();
-    let Some(username) = q.get("username").cloned() else {
+    let from_token = ws_user(
+        auth,
+        q.get("token").map(String::as_str),
+        q.get("username").map(String::as_str),
+    )?;
+    let Some(username) = from_token.or_else(|| q.get("username").cloned()) else {
         return Err(ApiError::bad_request(
             "missing_username",
             "the username query parameter is required",
@@ -121,7 +128,7 @@ pub async fn ws_index(
     stream: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = parse_query(req.query_string())?;
+    let q = parse_query(req.query_string(), &st.auth)?;
     let Some(subscriber) = st.subscriber.clone() else {
         return Err(ApiError::not_found(
             "this instance serves no WebSockets (role runner)",
@@ -259,11 +266,12 @@ mod tests {
 
     #[test]
     fn parses_the_seeds_url_and_filters() {
-        let q = parse_query("username=test-user").unwrap();
+        let q = parse_query("username=test-user", &Auth::Header).unwrap();
         assert_eq!(q.username, "test-user");
         assert_eq!(q.filter, Filter::default());
         let q = parse_query(
             "username=bob%40example.com&types=workflow_completed,node_completed&last_event_id=5-1",
+            &Auth::Header,
         )
         .unwrap();
         assert_eq!(q.username, "bob@example.com");
@@ -281,7 +289,7 @@ mod tests {
             ("username=a&run_id=nope", "invalid_run_id"),
             ("username=a&last_event_id=xyz", "invalid_last_event_id"),
         ] {
-            assert_eq!(parse_query(qs).unwrap_err().code, code, "{qs}");
+            assert_eq!(parse_query(qs, &Auth::Header).unwrap_err().code, code, "{qs}");
         }
     }
 }

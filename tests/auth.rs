@@ -1,0 +1,171 @@
+//! `--auth jwt`: REST takes `Authorization: Bearer`, the WebSocket `?token=`;
+//! the username is the token's subject and a mismatching `username` is
+//! refused.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::json;
+
+use crate::support::*;
+
+const SECRET: &str = "a-test-secret-of-32-bytes-length";
+
+fn token(sub: &str, secret: &str, exp_in_s: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    encode(
+        &Header::default(),
+        &json!({"sub": sub, "exp": now + exp_in_s}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> Resp {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut req = client.request(
+        awc::http::Method::from_bytes(method.as_bytes()).unwrap(),
+        url,
+    );
+    if let Some(t) = bearer {
+        req = req.insert_header(("Authorization", format!("Bearer {t}")));
+    }
+    let mut resp = match body {
+        Some(b) => {
+            req.insert_header(("Content-Type", "application/json"))
+                .send_body(b.to_owned())
+                .await
+        }
+        None => req.send().await,
+    }
+    .unwrap();
+    let bytes = resp.body().await.unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Resp {
+        status: resp.status().as_u16(),
+        body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        location: None,
+        text,
+    }
+}
+
+#[actix_rt::test]
+async fn rest_needs_a_valid_token_and_the_subject_is_the_user() {
+    let redis = Redis::start();
+    let d = Daemon::start(&redis, &["--auth", "jwt", "--jwt-secret", SECRET]);
+    let runs = format!("{}/api/v1/runs", d.api);
+    let body = r#"{"tag": "flight-search", "inputs": {"city": "NYC"}}"#;
+
+    // The header mode's identity is not enough.
+    let r = request("POST", &runs, Some("alice"), Some(body)).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Bearer"));
+    for (bad, why) in [
+        (
+            token("alice", "another-secret-of-32-bytes-length", 60),
+            "signature",
+        ),
+        (token("alice", SECRET, -120), "expired"),
+        ("not.a.token".to_owned(), "malformed"),
+    ] {
+        let r = call("POST", &runs, Some(&bad), Some(body)).await;
+        assert_eq!(r.status, 401, "{why}: {}", r.text);
+        assert_eq!(r.body["error"]["code"], "unauthorized", "{why}");
+    }
+
+    let alice = token("alice", SECRET, 600);
+    let r = call("POST", &runs, Some(&alice), Some(body)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let run_id = r.body["run_id"].as_str().unwrap().to_owned();
+    let run_url = format!("{runs}/{run_id}");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let r = call("GET", &run_url, Some(&alice), None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        if r.body["status"] == "completed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.text);
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Bob's token does not show Alice's run.
+    let bob = token("bob@example.com", SECRET, 600);
+    assert_eq!(call("GET", &run_url, Some(&bob), None).await.status, 404);
+}
+
+#[actix_rt::test]
+async fn websocket_takes_the_token_and_refuses_a_mismatching_username() {
+    let redis = Redis::start();
+    let d = Daemon::start(&redis, &["--auth", "jwt", "--jwt-secret", SECRET]);
+    let alice = token("alice", SECRET, 600);
+
+    for (query, status) in [
+        ("/ws?username=alice".to_owned(), 401),
+        (
+            format!(
+                "/ws?token={}",
+                token("alice", "another-secret-of-32-bytes-length", 60)
+            ),
+            401,
+        ),
+        (format!("/ws?username=bob&token={alice}"), 403),
+    ] {
+        let url = format!("{}{query}", d.ws);
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status, "{query}")
+            }
+            other => panic!(
+                "{query}: expected HTTP {status}, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+
+    let mut ws = ws_connect(&d, &format!("/ws?token={alice}")).await;
+    let mut same = ws_connect(&d, &format!("/ws?username=alice&token={alice}")).await;
+    wait_ready(&d).await;
+    let r = call(
+        "POST",
+        &format!("{}/api/v1/runs", d.api),
+        Some(&alice),
+        Some(r#"{"tag": "flight-search", "inputs": {"city": "Oslo"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    for socket in [&mut ws, &mut same] {
+        let ev = ws_take(socket, 4, T).await;
+        assert_eq!(ev[0]["type"], "workflow_started");
+        assert_eq!(ev[3]["type"], "workflow_completed");
+        assert!(ev.iter().all(|e| e["run_id"] == r.body["run_id"]));
+    }
+}
+
+#[test]
+fn jwt_mode_without_a_secret_refuses_to_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowcast"))
+        .args([
+            "serve",
+            "--auth",
+            "jwt",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--ws-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--redis-url", "redis://127.0.0.1:1"])
+        .env_remove("FLOWCAST_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--jwt-secret"), "{err}");
+}
