@@ -61,7 +61,11 @@ impl JwtVerifier {
 
 /// The caller of a WebSocket request in `jwt` mode: the token's subject;
 /// a `username` that differs from it is refused.
-pub fn ws_user(auth: &Auth, token: Option<&str>, username: Option<&str>) -> Result<Option<String>, ApiError> {
+pub fn ws_user(
+    auth: &Auth,
+    token: Option<&str>,
+    username: Option<&str>,
+) -> Result<Option<String>, ApiError> {
     let Auth::Jwt(v) = auth else { return Ok(None) };
     let Some(token) = token else {
         return Err(ApiError::unauthorized("missing token query parameter"));
@@ -96,7 +100,9 @@ impl FromRequest for User {
 }
 
 fn user_of(req: &HttpRequest) -> Result<User, ApiError> {
-    let auth = req.app_data::<web::Data<AppState>>().map(|st| st.auth.clone());
+    let auth = req
+        .app_data::<web::Data<AppState>>()
+        .map(|st| st.auth.clone());
     if let Some(Auth::Jwt(v)) = auth {
         let token = req
             .headers()

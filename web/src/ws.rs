@@ -289,7 +289,11 @@ mod tests {
             ("username=a&run_id=nope", "invalid_run_id"),
             ("username=a&last_event_id=xyz", "invalid_last_event_id"),
         ] {
-            assert_eq!(parse_query(qs, &Auth::Header).unwrap_err().code, code, "{qs}");
+            assert_eq!(
+                parse_query(qs, &Auth::Header).unwrap_err().code,
+                code,
+                "{qs}"
+            );
         }
     }
 }
