@@ -37,6 +37,8 @@ const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time the HTTP servers get to finish requests after a drain (at most).
 const SERVER_SHUTDOWN: Duration = Duration::from_secs(5);
+/// How long a WebSocket handshake request may take to arrive.
+const WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time the sessions' close frames get to reach the sockets.
 const CLOSE_FLUSH: Duration = Duration::from_millis(200);
 
@@ -216,6 +218,9 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .disable_signals()
                 .shutdown_timeout(SERVER_SHUTDOWN.as_secs())
                 .max_connections(100_000)
+                // A connect storm of tens of thousands of handshakes can keep a
+                // request head waiting longer than actix's default 5 s (408).
+                .client_request_timeout(WS_HANDSHAKE_TIMEOUT)
                 .backlog(4096)
                 .on_connect(move |conn, _ext| {
                     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
