@@ -25,33 +25,12 @@ fn token(sub: &str, secret: &str, exp_in_s: i64) -> String {
 }
 
 async fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> Resp {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish();
-    let mut req = client.request(
-        awc::http::Method::from_bytes(method.as_bytes()).unwrap(),
-        url,
-    );
-    if let Some(t) = bearer {
-        req = req.insert_header(("Authorization", format!("Bearer {t}")));
-    }
-    let mut resp = match body {
-        Some(b) => {
-            req.insert_header(("Content-Type", "application/json"))
-                .send_body(b.to_owned())
-                .await
-        }
-        None => req.send().await,
-    }
-    .unwrap();
-    let bytes = resp.body().await.unwrap();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    Resp {
-        status: resp.status().as_u16(),
-        body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        location: None,
-        text,
-    }
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &[u8])> = auth
+        .iter()
+        .map(|a| ("Authorization", a.as_bytes()))
+        .collect();
+    request_with_headers(method, url, &headers, body).await
 }
 
 #[actix_rt::test]

@@ -349,33 +349,8 @@ fn assert_error(r: &Resp, status: u16, mentions: &[&str]) {
 
 /// Like `support::request` but with raw `X-User-ID` values, one header each.
 async fn raw_request(method: &str, url: &str, users: &[&[u8]], body: Option<&str>) -> Resp {
-    let client = awc::Client::default();
-    let mut req = client.request(
-        awc::http::Method::from_bytes(method.as_bytes()).unwrap(),
-        url,
-    );
-    for u in users {
-        req = req.append_header((
-            "X-User-ID",
-            awc::http::header::HeaderValue::from_bytes(u).unwrap(),
-        ));
-    }
-    let mut resp = match body {
-        Some(b) => req
-            .insert_header(("Content-Type", "application/json"))
-            .send_body(b.to_owned())
-            .await
-            .unwrap(),
-        None => req.send().await.unwrap(),
-    };
-    let bytes = resp.body().await.unwrap();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    Resp {
-        status: resp.status().as_u16(),
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        location: None,
-        text,
-    }
+    let headers: Vec<(&str, &[u8])> = users.iter().map(|u| ("X-User-ID", *u)).collect();
+    request_with_headers(method, url, &headers, body).await
 }
 
 fn assert_no_panic(d: &Daemon) {

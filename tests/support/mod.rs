@@ -272,6 +272,21 @@ pub struct Resp {
 
 /// Sends a request with an optional user and raw body.
 pub async fn request(method: &str, url: &str, user: Option<&str>, body: Option<&str>) -> Resp {
+    let headers: Vec<(&str, &[u8])> = user
+        .map(|u| ("X-User-ID", u.as_bytes()))
+        .into_iter()
+        .collect();
+    request_with_headers(method, url, &headers, body).await
+}
+
+/// Sends a request with raw header values (each appended, so a name may
+/// repeat) and an optional JSON body.
+pub async fn request_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &[u8])],
+    body: Option<&str>,
+) -> Resp {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish();
@@ -279,8 +294,11 @@ pub async fn request(method: &str, url: &str, user: Option<&str>, body: Option<&
         awc::http::Method::from_bytes(method.as_bytes()).unwrap(),
         url,
     );
-    if let Some(u) = user {
-        req = req.insert_header(("X-User-ID", u));
+    for (name, value) in headers {
+        req = req.append_header((
+            *name,
+            awc::http::header::HeaderValue::from_bytes(value).unwrap(),
+        ));
     }
     let mut resp = match body {
         Some(b) => req
