@@ -240,16 +240,7 @@ async fn a_slow_socket_is_closed_with_4008_and_never_slows_the_others() {
     let mut seq = 0u64;
     let mut evicted_at = None;
     loop {
-        let mut pipe = redis::pipe();
-        for _ in 0..batch {
-            seq += 1;
-            let e = json!({"type": "node_completed", "run_id": run_id, "seq": seq, "pad": pad});
-            pipe.cmd("PUBLISH")
-                .arg(format!("workflow:events:{user}"))
-                .arg(e.to_string())
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut pubc).await.unwrap();
+        publish_padded(&mut pubc, user, &run_id, &mut seq, batch, &pad).await;
         let got = ws_take(&mut b, batch as usize, T).await;
         for (i, e) in got.iter().enumerate() {
             assert_eq!(e["seq"], seq - batch + 1 + i as u64, "B out of order");
@@ -333,16 +324,7 @@ async fn a_peer_that_never_reads_again_is_cut_and_cleaned_up() {
     // socket until the socket buffers are full and the actor stalls; only
     // then does its queue fill.
     loop {
-        let mut pipe = redis::pipe();
-        for _ in 0..8 {
-            seq += 1;
-            let e = json!({"type": "node_completed", "run_id": "stuck", "seq": seq, "pad": pad});
-            pipe.cmd("PUBLISH")
-                .arg(format!("workflow:events:{user}"))
-                .arg(e.to_string())
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut pubc).await.unwrap();
+        publish_padded(&mut pubc, user, "stuck", &mut seq, 8, &pad).await;
         actix_rt::time::sleep(Duration::from_millis(2)).await;
         if seq.is_multiple_of(256) {
             let m = metrics(&d).await;
@@ -827,6 +809,28 @@ async fn publish(conn: &mut redis::aio::MultiplexedConnection, user: &str, event
         .query_async::<i64>(conn)
         .await
         .unwrap();
+}
+
+/// Publishes `n` padded `node_completed` events in one pipeline, numbering
+/// them on from `seq`.
+async fn publish_padded(
+    conn: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    run_id: &str,
+    seq: &mut u64,
+    n: u64,
+    pad: &str,
+) {
+    let mut pipe = redis::pipe();
+    for _ in 0..n {
+        *seq += 1;
+        let e = json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad});
+        pipe.cmd("PUBLISH")
+            .arg(format!("workflow:events:{user}"))
+            .arg(e.to_string())
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await.unwrap();
 }
 
 /// Subscribers of `user`'s channel.
