@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 
 use crate::error::{Error, Result};
-use crate::store::WORKFLOWS;
+use crate::store::keys::WORKFLOWS;
 use crate::workflow::{Dag, Workflow};
 
 /// Validates and stores a workflow under its tag. Returns true if it replaced one.

@@ -111,7 +111,7 @@ pub struct Runner {
     read_backoff: Duration,
     reading_ok: bool,
     draining: bool,
-    /// Where cancel requests from other instances arrive ([`store::CONTROL`]).
+    /// Where cancel requests from other instances arrive ([`store::keys::CONTROL`]).
     control: Option<redis::Client>,
 }
 
@@ -143,7 +143,7 @@ impl Runner {
         }
     }
 
-    /// Listens on [`store::CONTROL`] with its own connection, so that a run
+    /// Listens on [`store::keys::CONTROL`] with its own connection, so that a run
     /// held here can be cancelled through any API instance.
     pub fn with_control(mut self, client: redis::Client) -> Self {
         self.control = Some(client);
@@ -158,7 +158,7 @@ impl Runner {
         let consumer = self.cfg.instance_id.clone();
         let backlog = !self.backlog_done;
         let mut opts = StreamReadOptions::default()
-            .group(store::GROUP, &consumer)
+            .group(store::keys::GROUP, &consumer)
             .count(self.cfg.read_batch);
         if !backlog {
             opts = opts.block(READ_BLOCK.as_millis() as usize);
@@ -169,8 +169,9 @@ impl Runner {
             ">".to_owned()
         };
         async move {
-            let r: redis::RedisResult<Option<StreamReadReply>> =
-                conn.xread_options(&[store::REQUESTS], &[id], &opts).await;
+            let r: redis::RedisResult<Option<StreamReadReply>> = conn
+                .xread_options(&[store::keys::REQUESTS], &[id], &opts)
+                .await;
             r
         }
         .into_actor(self)
@@ -238,8 +239,9 @@ impl Runner {
     fn ack(&self, entry_id: String, _ctx: &mut Context<Self>) {
         let mut conn = self.conn.clone();
         actix::spawn(async move {
-            let _: redis::RedisResult<()> =
-                conn.xack(store::REQUESTS, store::GROUP, &[entry_id]).await;
+            let _: redis::RedisResult<()> = conn
+                .xack(store::keys::REQUESTS, store::keys::GROUP, &[entry_id])
+                .await;
         });
     }
 
@@ -324,7 +326,7 @@ impl Runner {
             renew_leases(&mut conn, &cfg, &live).await?;
             let mut pipe = redis::pipe();
             for r in &live {
-                pipe.hexists(store::run_key(r), "cancel_requested");
+                pipe.hexists(store::keys::run(r), "cancel_requested");
             }
             let flags: Vec<bool> = if live.is_empty() {
                 Vec::new()
@@ -337,10 +339,10 @@ impl Runner {
                 .filter(|(_, f)| *f)
                 .map(|(r, _)| r.clone())
                 .collect();
-            let active: Vec<String> = conn.smembers(store::ACTIVE).await?;
+            let active: Vec<String> = conn.smembers(store::keys::ACTIVE).await?;
             let mut orphans = Vec::new();
             for run_id in active.into_iter().filter(|r| !live.contains(r)) {
-                let owner: Option<String> = conn.get(store::owner_key(&run_id)).await?;
+                let owner: Option<String> = conn.get(store::keys::owner(&run_id)).await?;
                 if owner.is_none() || owner.as_deref() == Some(&cfg.instance_id) {
                     if let Some(rec) = store::load_run(&mut conn, &run_id).await? {
                         orphans.push(rec);
@@ -348,8 +350,8 @@ impl Runner {
                 }
             }
             let claimed: redis::Value = redis::cmd("XAUTOCLAIM")
-                .arg(store::REQUESTS)
-                .arg(store::GROUP)
+                .arg(store::keys::REQUESTS)
+                .arg(store::keys::GROUP)
                 .arg(&cfg.instance_id)
                 .arg(cfg.lease.as_millis() as u64)
                 .arg("0")
@@ -406,14 +408,14 @@ async fn initialise(
     let Some(rec) = store::load_run(conn, &run_id).await? else {
         log::warn!("run {run_id}: request without a run record; dropping it");
         let _: () = conn
-            .xack(store::REQUESTS, store::GROUP, &[&entry_id])
+            .xack(store::keys::REQUESTS, store::keys::GROUP, &[&entry_id])
             .await?;
         return Ok(Init::Nothing);
     };
     if rec.status != crate::counter::RunStatus::Queued {
         // Initialised before (a crash before the ack): ack, then resume.
         let _: () = conn
-            .xack(store::REQUESTS, store::GROUP, &[&entry_id])
+            .xack(store::keys::REQUESTS, store::keys::GROUP, &[&entry_id])
             .await?;
         return Ok(Init::Resume(Box::new(rec)));
     }
@@ -422,7 +424,7 @@ async fn initialise(
         Err(e) => {
             log::error!("run {run_id}: stored workflow is invalid ({e}); dropping it");
             let _: () = conn
-                .xack(store::REQUESTS, store::GROUP, &[&entry_id])
+                .xack(store::keys::REQUESTS, store::keys::GROUP, &[&entry_id])
                 .await?;
             return Ok(Init::Nothing);
         }
@@ -487,8 +489,8 @@ async fn claim_and_load(
     rec: RunRecord,
 ) -> Result<Option<RunSetup>> {
     let claimed: i64 = redis::Script::new(CLAIM_LUA)
-        .key(store::owner_key(&rec.run_id))
-        .key(store::run_key(&rec.run_id))
+        .key(store::keys::owner(&rec.run_id))
+        .key(store::keys::run(&rec.run_id))
         .arg(&cfg.instance_id)
         .arg(cfg.lease.as_millis() as u64)
         .invoke_async(conn)
@@ -517,7 +519,7 @@ async fn claim_and_load(
         .filter_map(|(i, r)| Some((i, r.result_ref.clone()?)))
         .collect();
     if !done.is_empty() {
-        let keys: Vec<String> = done.iter().map(|(_, r)| store::result_key(r)).collect();
+        let keys: Vec<String> = done.iter().map(|(_, r)| store::keys::result(r)).collect();
         let blobs: Vec<Option<String>> = conn.mget(&keys).await?;
         for ((i, _), blob) in done.into_iter().zip(blobs) {
             let v = blob
@@ -578,7 +580,7 @@ async fn lease_op(
     for chunk in runs.chunks(1000) {
         let mut inv = script.prepare_invoke();
         for r in chunk {
-            inv.key(store::owner_key(r));
+            inv.key(store::keys::owner(r));
         }
         inv.arg(&cfg.instance_id).arg(cfg.lease.as_millis() as u64);
         let _: i64 = inv.invoke_async(conn).await?;
@@ -629,7 +631,7 @@ impl Actor for Runner {
     }
 }
 
-/// Forwards cancel requests announced on [`store::CONTROL`] to the runner,
+/// Forwards cancel requests announced on [`store::keys::CONTROL`] to the runner,
 /// reconnecting while the runner lives. Requests missed while disconnected
 /// are found by the sweep (the run's `cancel_requested` field).
 async fn listen_control(client: redis::Client, runner: Addr<Runner>) {
@@ -637,7 +639,7 @@ async fn listen_control(client: redis::Client, runner: Addr<Runner>) {
     while runner.connected() {
         match client.get_async_pubsub().await {
             Ok(mut ps) => {
-                if ps.subscribe(store::CONTROL).await.is_ok() {
+                if ps.subscribe(store::keys::CONTROL).await.is_ok() {
                     let mut msgs = ps.on_message();
                     while let Some(m) = msgs.next().await {
                         if let Ok(run_id) = m.get_payload::<String>() {

@@ -24,10 +24,8 @@ use redis::aio::PubSubSink;
 
 use crate::fanout::{AddSession, CloseAll, Deliver, Fanout, RemoveSession, SessionHandle};
 use crate::metrics::Metrics;
-use crate::store::channel;
+use crate::store::keys::{channel, CHANNEL_PREFIX};
 
-/// Channel prefix; the rest is the username.
-const CHANNEL_PREFIX: &str = "workflow:events:";
 /// First reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.

@@ -105,7 +105,7 @@ pub async fn measure(url: &str, secs: f64, history_max: u64) -> anyhow::Result<C
 
     // A live subscriber, as in production, so PUBLISH does its real work.
     let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(store::channel(&user)).await?;
+    pubsub.subscribe(store::keys::channel(&user)).await?;
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let listener = tokio::spawn(async move {
@@ -149,12 +149,12 @@ pub async fn measure(url: &str, secs: f64, history_max: u64) -> anyhow::Result<C
     let mut del = redis::pipe();
     for r in 0..RUNS {
         let run_id = format!("bench-ceiling-{bench}-{r}");
-        del.del(store::run_key(&run_id)).ignore();
-        del.del(store::run_events_key(&run_id)).ignore();
-        del.del(store::owner_key(&run_id)).ignore();
+        del.del(store::keys::run(&run_id)).ignore();
+        del.del(store::keys::run_events(&run_id)).ignore();
+        del.del(store::keys::owner(&run_id)).ignore();
     }
-    del.del(store::history_key(&user)).ignore();
-    del.del(store::user_results_key(&user)).ignore();
+    del.del(store::keys::history(&user)).ignore();
+    del.del(store::keys::user_results(&user)).ignore();
     del.query_async::<()>(&mut conn).await?;
     if applied == 0 {
         bail!("the commit script applied nothing ({rejected} rejected)");

@@ -331,7 +331,7 @@ async fn list_runs(
     let limit = q.limit.unwrap_or(100).clamp(1, st.limits.max_list);
     let mut conn = st.redis.clone();
     let ids: Vec<String> = conn
-        .zrevrange(store::user_runs_key(&user.0), 0, limit as isize - 1)
+        .zrevrange(store::keys::user_runs(&user.0), 0, limit as isize - 1)
         .await
         .map_err(flowcast_actors::Error::from)?;
     if ids.is_empty() {
@@ -341,7 +341,7 @@ async fn list_runs(
     let mut pipe = redis::pipe();
     for id in &ids {
         pipe.hmget(
-            store::run_key(id),
+            store::keys::run(id),
             &["tag", "status", "counter", "created_ms"],
         );
     }
@@ -368,7 +368,7 @@ async fn run_events(
     let events: Vec<String> = st
         .redis
         .clone()
-        .lrange(store::run_events_key(&path), 0, -1)
+        .lrange(store::keys::run_events(&path), 0, -1)
         .await
         .map_err(flowcast_actors::Error::from)?;
     // Stored events are JSON objects written by the commit script.
@@ -453,8 +453,8 @@ async fn get_result(
     }
     let mut conn = st.redis.clone();
     let (mine, blob): (bool, Option<String>) = redis::pipe()
-        .sismember(store::user_results_key(&user.0), r)
-        .get(store::result_key(r))
+        .sismember(store::keys::user_results(&user.0), r)
+        .get(store::keys::result(r))
         .query_async(&mut conn)
         .await
         .map_err(flowcast_actors::Error::from)?;

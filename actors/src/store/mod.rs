@@ -36,51 +36,9 @@ use crate::counter::{NodeStatus, RunStatus};
 use crate::error::{Error, Result};
 use crate::workflow::Workflow;
 
-/// Run-request stream.
-pub const REQUESTS: &str = "flowcast:runs:requests";
-/// Consumer group of runner instances.
-pub const GROUP: &str = "runners";
-/// Unfinished runs.
-pub const ACTIVE: &str = "flowcast:runs:active";
-/// Registered workflows.
-pub const WORKFLOWS: &str = "flowcast:workflows";
-/// Channel on which cancel requests reach every runner.
-pub const CONTROL: &str = "flowcast:control";
-/// Prefix of result keys.
-pub const RESULT_PREFIX: &str = "flowcast:result:";
+pub mod keys;
 
-/// The seed's PubSub channel of a user.
-pub fn channel(user: &str) -> String {
-    format!("workflow:events:{user}")
-}
-/// A run's hash.
-pub fn run_key(run_id: &str) -> String {
-    format!("flowcast:run:{run_id}")
-}
-/// A run's event list.
-pub fn run_events_key(run_id: &str) -> String {
-    format!("flowcast:run:{run_id}:events")
-}
-/// A run's owner lease.
-pub fn owner_key(run_id: &str) -> String {
-    format!("flowcast:run:{run_id}:owner")
-}
-/// A user's runs.
-pub fn user_runs_key(user: &str) -> String {
-    format!("flowcast:user:{user}:runs")
-}
-/// Result refs a user may read.
-pub fn user_results_key(user: &str) -> String {
-    format!("flowcast:user:{user}:results")
-}
-/// A user's event history.
-pub fn history_key(user: &str) -> String {
-    format!("flowcast:history:{user}")
-}
-/// A stored output.
-pub fn result_key(result_ref: &str) -> String {
-    format!("{RESULT_PREFIX}{result_ref}")
-}
+use keys::{ACTIVE, CONTROL, GROUP, REQUESTS, RESULT_PREFIX};
 
 /// Applies a [`Commit`]. KEYS: run hash, run events, history, user results,
 /// active set, request stream, owner lease. ARGV: channel, commit JSON,
@@ -221,14 +179,14 @@ impl Commit {
         pipe.cmd("EVALSHA")
             .arg(sha)
             .arg(7)
-            .arg(run_key(&self.run_id))
-            .arg(run_events_key(&self.run_id))
-            .arg(history_key(&self.user))
-            .arg(user_results_key(&self.user))
+            .arg(keys::run(&self.run_id))
+            .arg(keys::run_events(&self.run_id))
+            .arg(keys::history(&self.user))
+            .arg(keys::user_results(&self.user))
             .arg(ACTIVE)
             .arg(REQUESTS)
-            .arg(owner_key(&self.run_id))
-            .arg(channel(&self.user))
+            .arg(keys::owner(&self.run_id))
+            .arg(keys::channel(&self.user))
             // Commit is plain data; serialising it cannot fail.
             .arg(serde_json::to_string(self).unwrap_or_default())
             .arg(history_max)
@@ -323,7 +281,7 @@ impl RunRecord {
 /// Reads a run; `None` if it does not exist.
 pub async fn load_run<C: ConnectionLike>(conn: &mut C, run_id: &str) -> Result<Option<RunRecord>> {
     let h: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(run_key(run_id))
+        .arg(keys::run(run_id))
         .query_async(conn)
         .await?;
     if h.is_empty() {
@@ -373,7 +331,7 @@ fn parse_run(run_id: &str, mut h: HashMap<String, String>) -> Result<RunRecord> 
 pub async fn request_cancel<C: ConnectionLike>(conn: &mut C, run_id: &str) -> Result<()> {
     redis::pipe()
         .atomic()
-        .hset(run_key(run_id), "cancel_requested", 1)
+        .hset(keys::run(run_id), "cancel_requested", 1)
         .ignore()
         .publish(CONTROL, run_id)
         .ignore()
@@ -412,7 +370,7 @@ pub async fn enqueue_run<C: ConnectionLike>(
     redis::pipe()
         .atomic()
         .hset_multiple(
-            run_key(run_id),
+            keys::run(run_id),
             &[
                 ("user", user),
                 ("tag", workflow.tag.as_str()),
@@ -425,7 +383,7 @@ pub async fn enqueue_run<C: ConnectionLike>(
             ],
         )
         .ignore()
-        .zadd(user_runs_key(user), run_id, created_ms)
+        .zadd(keys::user_runs(user), run_id, created_ms)
         .ignore()
         .cmd("XADD")
         .arg(REQUESTS)
@@ -461,7 +419,7 @@ pub async fn read_history<C: ConnectionLike>(
     count: usize,
 ) -> Result<Vec<(String, String)>> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(history_key(user))
+        .arg(keys::history(user))
         .arg(format!("({after}"))
         .arg("+")
         .arg("COUNT")
@@ -489,7 +447,7 @@ pub async fn history_gap<C: ConnectionLike>(
 ) -> Result<Option<String>> {
     let info: redis::Value = match redis::cmd("XINFO")
         .arg("STREAM")
-        .arg(history_key(user))
+        .arg(keys::history(user))
         .query_async(conn)
         .await
     {
