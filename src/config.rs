@@ -1,176 +1,26 @@
-//! Command line and environment: the one place configuration is read.
+//! The daemon's settings: flags with `FLOWCAST_*` environment equivalents,
+//! parsed once by the binary and passed down as plain values. The flag and
+//! variable names (listed in docs/OPERATIONS.md) are a contract with
+//! operators' scripts and unit files.
 //!
-//! Every `serve` flag has a `FLOWCAST_*` environment equivalent; the names in
-//! DESIGN.md's table are a contract with operators' scripts and unit files.
+//! Defaults live with the settings they configure (`RunnerConfig`,
+//! `WsConfig`, `Limits`, ...): the flags below take them from there, and the
+//! `From` conversions at the end hand each part its values.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::ValueEnum;
+use flowcast_actors::runner::RunnerConfig;
+use flowcast_actors::{publisher, subscriber};
+use flowcast_web::{Limits, WsConfig};
 
-/// flowcast: a workflow runtime that broadcasts every lifecycle event.
-#[derive(Debug, Parser)]
-#[command(name = "flowcast", version, about)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// How long a drain waits for running work by default.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the daemon.
-    Serve(Box<ServeConfig>),
-    /// Measure a fan-out server or the runner (a load generator for loopback targets).
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-/// `flowcast bench` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// WebSocket fan-out: N connections over U users, events published to
-    /// Redis (or over HTTP), latency / loss / throughput / server memory.
-    Fanout(Box<FanoutArgs>),
-    /// Runner: submit runs, listen on WebSocket, and measure the Redis
-    /// ceiling of the writes one node completion needs.
-    Runs(Box<RunsArgs>),
-}
-
-/// `flowcast bench fanout` settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct FanoutArgs {
-    /// WebSocket URL template; `{user}` is replaced by the user name
-    /// (nchan: ws://127.0.0.1:8090/sub/{user}).
-    #[arg(long, default_value = "ws://127.0.0.1:8084/ws?username={user}")]
-    pub url: String,
-    /// Users (channels); connections are spread over them round-robin.
-    #[arg(long, default_value_t = 1)]
-    pub users: usize,
-    /// WebSocket connections in total (over all shards).
-    #[arg(long, short = 'c', default_value_t = 1000)]
-    pub connections: usize,
-    /// User names are this prefix plus an index.
-    #[arg(long, default_value = "bench-u")]
-    pub user_prefix: String,
-    /// Open only connections i, i+n, i+2n, ... (several bench processes share a load).
-    #[arg(long, default_value = "0/1")]
-    pub shard: crate::bench::template::Shard,
-    /// New connections per second.
-    #[arg(long, default_value_t = 5000.0)]
-    pub connect_rate: f64,
-    /// Connection attempts in progress at once.
-    #[arg(long, default_value_t = 256)]
-    pub connect_concurrency: usize,
-    /// Loopback source addresses 127.0.0.1..=127.0.0.N to connect from
-    /// (each brings ~28K ephemeral ports); 0: let the kernel choose.
-    #[arg(long, default_value_t = 4)]
-    pub source_ips: u8,
-    /// Redis to PUBLISH to (ignored with --pub-url).
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Channel template for Redis PUBLISH.
-    #[arg(long, default_value = "workflow:events:{user}")]
-    pub channel: String,
-    /// Publish with HTTP POST to this URL template instead of Redis
-    /// (nchan: http://127.0.0.1:8090/pub/{user}).
-    #[arg(long)]
-    pub pub_url: Option<String>,
-    /// Events per second in total; 0 connects and holds idle connections;
-    /// absent: closed loop (see --window).
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Closed loop: most messages in flight (published, not yet received by
-    /// every subscribed connection).
-    #[arg(long, default_value_t = 8)]
-    pub window: usize,
-    /// Publish (or hold idle connections) for this many seconds.
-    #[arg(long, short = 'd', default_value_t = 10.0)]
-    pub duration: f64,
-    /// Publish at most this many messages.
-    #[arg(long, default_value_t = 10_000_000)]
-    pub max_messages: u64,
-    /// Message size in bytes.
-    #[arg(long, default_value_t = 256)]
-    pub payload_bytes: usize,
-    /// Publisher connections (Redis pipelines or HTTP keep-alive connections).
-    #[arg(long, default_value_t = 2)]
-    pub pub_conns: usize,
-    /// Wait after connecting before publishing (server-side subscriptions), ms.
-    #[arg(long, default_value_t = 1000)]
-    pub settle_ms: u64,
-    /// Wait after the last publish for deliveries still on their way, ms.
-    #[arg(long, default_value_t = 3000)]
-    pub drain_ms: u64,
-    /// Closed loop: retire a window that made no progress for this long, ms.
-    #[arg(long, default_value_t = 2000)]
-    pub stall_ms: u64,
-    /// Server process(es) whose RSS and CPU time to report (repeatable).
-    #[arg(long)]
-    pub pid: Vec<u32>,
-    /// Free text copied into the report (e.g. flowcast, nchan-redis).
-    #[arg(long, default_value = "")]
-    pub label: String,
-}
-
-/// `flowcast bench runs` settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunsArgs {
-    /// REST API base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
-    pub api: String,
-    /// WebSocket URL template; `{user}` is replaced by the user name.
-    #[arg(long, default_value = "ws://127.0.0.1:8084/ws?username={user}")]
-    pub ws_url: String,
-    /// Register this workflow file (PUT /api/v1/workflows/{tag}) and run it.
-    #[arg(long, conflicts_with_all = ["tag", "wide"])]
-    pub workflow: Option<PathBuf>,
-    /// Run an already registered workflow.
-    #[arg(long, conflicts_with = "wide")]
-    pub tag: Option<String>,
-    /// Register and run a generated fan-out: start → N × delay 0 → end.
-    #[arg(long)]
-    pub wide: Option<usize>,
-    /// The runs' inputs (JSON object).
-    #[arg(long, default_value = r#"{"city":"Paris"}"#)]
-    pub inputs: String,
-    /// Users the runs are spread over (one WebSocket listener each).
-    #[arg(long, default_value_t = 1)]
-    pub users: usize,
-    /// User names are this prefix plus an index.
-    #[arg(long, default_value = "bench-r")]
-    pub user_prefix: String,
-    /// Submit at most this many runs.
-    #[arg(long, short = 'n', default_value_t = 1000)]
-    pub runs: u64,
-    /// Runs in flight at once (a new one is posted when one completes at the socket).
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
-    /// Instead of --concurrency: post this many runs per second, open loop.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Submit for at most this many seconds.
-    #[arg(long, short = 'd', default_value_t = 30.0)]
-    pub duration: f64,
-    /// After submitting, wait this long at most for runs to finish, ms.
-    #[arg(long, default_value_t = 10_000)]
-    pub drain_ms: u64,
-    /// Redis the runner uses, for the ceiling measurement.
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Seconds of the Redis ceiling measurement (0: skip).
-    #[arg(long, default_value_t = 2.0)]
-    pub ceiling_secs: f64,
-    /// The runner's --history-max (the ceiling writes the same capped stream).
-    #[arg(long, default_value_t = 10_000)]
-    pub history_max: u64,
-    /// Server process(es) whose RSS and CPU time to report (repeatable).
-    #[arg(long)]
-    pub pid: Vec<u32>,
-    /// Free text copied into the report.
-    #[arg(long, default_value = "")]
-    pub label: String,
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 /// Which halves of flowcast this process runs.
@@ -237,36 +87,52 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOWCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// How long a drain waits for running work, in ms.
-    #[arg(long, env = "FLOWCAST_DRAIN_GRACE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "FLOWCAST_DRAIN_GRACE_MS", default_value_t = ms(DRAIN_GRACE))]
     pub drain_grace_ms: u64,
     /// Events kept per user in the history stream.
-    #[arg(long, env = "FLOWCAST_HISTORY_MAX", default_value_t = 10_000)]
+    #[arg(long, env = "FLOWCAST_HISTORY_MAX", default_value_t = publisher::DEFAULT_HISTORY_MAX)]
     pub history_max: u64,
     /// Largest request body, in bytes.
-    #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
     /// Most nodes per workflow.
-    #[arg(long, env = "FLOWCAST_MAX_NODES", default_value_t = 10_000)]
+    #[arg(long, env = "FLOWCAST_MAX_NODES", default_value_t = Limits::default().max_nodes)]
     pub max_nodes: usize,
     /// Most WebSocket sessions per user per process.
-    #[arg(long, env = "FLOWCAST_MAX_SESSIONS_PER_USER", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "FLOWCAST_MAX_SESSIONS_PER_USER",
+        default_value_t = subscriber::DEFAULT_MAX_SESSIONS_PER_USER
+    )]
     pub max_sessions_per_user: usize,
     /// Frames queued per session before it is closed as too slow (4008).
-    #[arg(long, env = "FLOWCAST_MAX_QUEUE_MSGS", default_value_t = 1024)]
+    #[arg(long, env = "FLOWCAST_MAX_QUEUE_MSGS", default_value_t = WsConfig::default().max_queue_msgs)]
     pub max_queue_msgs: usize,
     /// Server ping interval, in ms.
-    #[arg(long, env = "FLOWCAST_HEARTBEAT_INTERVAL_MS", default_value_t = 25_000)]
+    #[arg(
+        long,
+        env = "FLOWCAST_HEARTBEAT_INTERVAL_MS",
+        default_value_t = ms(WsConfig::default().heartbeat_interval)
+    )]
     pub heartbeat_interval_ms: u64,
     /// Extra time a peer has to answer pings before it is dropped, in ms.
-    #[arg(long, env = "FLOWCAST_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "FLOWCAST_CLIENT_TIMEOUT_MS",
+        default_value_t = ms(WsConfig::default().client_timeout)
+    )]
     pub client_timeout_ms: u64,
     /// Kernel TCP user timeout on WebSocket connections, in ms: a peer that
     /// stops reading (zero window) is cut after this long, even when its
     /// session actor is stalled.
-    #[arg(long, env = "FLOWCAST_TCP_USER_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        env = "FLOWCAST_TCP_USER_TIMEOUT_MS",
+        default_value_t = ms(WsConfig::default().tcp_user_timeout)
+    )]
     pub tcp_user_timeout_ms: u64,
     /// Run lease duration, in ms: how soon another runner resumes a dead runner's runs.
-    #[arg(long, env = "FLOWCAST_LEASE_MS", default_value_t = 15_000)]
+    #[arg(long, env = "FLOWCAST_LEASE_MS", default_value_t = ms(RunnerConfig::default().lease))]
     pub lease_ms: u64,
     /// Open the WebSocket listener with SO_REUSEPORT so several `--role fanout` processes share it.
     #[arg(long, env = "FLOWCAST_REUSE_PORT")]
@@ -274,4 +140,55 @@ pub struct ServeConfig {
     /// HTTP worker threads per listener (default: one per core).
     #[arg(long, env = "FLOWCAST_WORKERS")]
     pub workers: Option<usize>,
+}
+
+impl ServeConfig {
+    /// The drain's grace period.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
+    }
+
+    /// The runner's name: `--instance-id`, else the host name.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "flowcast".into())
+        })
+    }
+}
+
+impl From<&ServeConfig> for Limits {
+    fn from(c: &ServeConfig) -> Self {
+        Self {
+            max_body_bytes: c.max_body_bytes,
+            max_nodes: c.max_nodes,
+            ..Self::default()
+        }
+    }
+}
+
+impl From<&ServeConfig> for WsConfig {
+    fn from(c: &ServeConfig) -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms.max(100)),
+            client_timeout: Duration::from_millis(c.client_timeout_ms),
+            tcp_user_timeout: Duration::from_millis(c.tcp_user_timeout_ms.max(1000)),
+            max_queue_msgs: c.max_queue_msgs.max(1),
+            ..Self::default()
+        }
+    }
+}
+
+impl From<&ServeConfig> for RunnerConfig {
+    fn from(c: &ServeConfig) -> Self {
+        Self {
+            instance_id: c.instance_id(),
+            lease: Duration::from_millis(c.lease_ms.max(1000)),
+            max_nodes: c.max_nodes,
+            ..Self::default()
+        }
+    }
 }

@@ -1,10 +1,11 @@
 //! The `flowcast` binary: parses the command line and hands over to the
-//! daemon (`serve`) or the load generator (`bench`). Everything else lives
-//! in the `flowcast-actors` and `flowcast-web` crates.
+//! daemon (`serve`, wired to signals) or the load generator (`bench`).
+//! Everything else lives in the `flowcast` library and the
+//! `flowcast-actors` and `flowcast-web` crates.
 
 mod bench;
-mod config;
-mod serve;
+mod cli;
+mod signals;
 
 use clap::Parser;
 
@@ -14,10 +15,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let cli = config::Cli::parse();
+    let cli = cli::Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
-        config::Command::Serve(cfg) => serve::run(*cfg),
-        config::Command::Bench(cmd) => bench::run(cmd),
+        cli::Command::Serve(cfg) => signals::serve(*cfg),
+        cli::Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -1,16 +1,16 @@
-//! `flowcast serve`: wires the actors and listeners together and runs until a
-//! signal drains it.
+//! The daemon as a library function: [`serve`] wires the actors and
+//! listeners together and runs until its shutdown token fires, then drains.
 //!
 //! Start-up fails fast and says why (Redis unreachable: which URL and what to
-//! run). Shutdown: the first SIGTERM/SIGINT starts a drain — stop accepting
-//! runs and connections, let running work finish (what does not finish is
-//! durable and resumes on the next start), flush the Publisher, close every
-//! session with 1001, exit 0, all within the grace period, even with Redis
-//! down. A second signal exits at once.
+//! run). Shutdown (the binary fires the token on SIGTERM/SIGINT; tests may
+//! fire it themselves) drains: stop accepting runs and connections, let
+//! running work finish (what does not finish is durable and resumes on the
+//! next start), flush the Publisher, close every session with 1001, return
+//! Ok, all within the grace period, even with Redis down.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,13 +19,13 @@ use actix_web::{App, HttpServer};
 use anyhow::{bail, Context};
 use flowcast_actors::metrics::Metrics;
 use flowcast_actors::publisher::Publisher;
+use flowcast_actors::registry;
 use flowcast_actors::runner::{Drain, Runner, RunnerConfig};
+use flowcast_actors::store::{self, requests, workflows};
 use flowcast_actors::subscriber::{CloseAllSessions, Subscriber};
-use flowcast_actors::{registry, store};
 use flowcast_web::auth::{Auth, JwtVerifier};
-use flowcast_web::{AppState, Limits, WsConfig};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use flowcast_web::{AppState, WsConfig};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthMode, ServeConfig};
 
@@ -33,39 +33,12 @@ use crate::config::{AuthMode, ServeConfig};
 const DEFAULT_WORKFLOWS_DIR: &str = "examples/workflows";
 /// How long a Redis command may take before it counts as failed.
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long connecting to Redis may take.
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time the HTTP servers get to finish requests after a drain (at most).
 const SERVER_SHUTDOWN: Duration = Duration::from_secs(5);
 /// How long a WebSocket handshake request may take to arrive.
 const WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time the sessions' close frames get to reach the sockets.
 const CLOSE_FLUSH: Duration = Duration::from_millis(200);
-
-/// Runs the daemon until it is drained.
-pub fn run(cfg: ServeConfig) -> anyhow::Result<()> {
-    let system = actix_rt::System::new();
-    let r = system.block_on(serve(cfg));
-    if r.is_err() {
-        // Start-up failed with actors possibly created but never polled:
-        // dropping the runtime would start them outside it (a panic that
-        // hides the error). The process is exiting; let it go unfreed.
-        std::mem::forget(system);
-    }
-    r
-}
-
-async fn connect(
-    client: &redis::Client,
-    response_timeout: Option<Duration>,
-) -> redis::RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
-        .set_response_timeout(response_timeout)
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    ConnectionManager::new_with_config(client.clone(), config).await
-}
 
 fn workflows_dir(cfg: &ServeConfig) -> anyhow::Result<Option<PathBuf>> {
     match &cfg.workflows_dir {
@@ -89,7 +62,9 @@ fn listener(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
     Ok(s.into())
 }
 
-async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+/// Runs the daemon until `shutdown` fires, then drains it. Must run inside
+/// an actix system.
+pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let auth = match (cfg.auth, &cfg.jwt_secret) {
         (AuthMode::Header, _) => Auth::Header,
         (AuthMode::Jwt, Some(secret)) if secret.len() >= 16 => {
@@ -99,18 +74,14 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             bail!("--auth jwt needs --jwt-secret / FLOWCAST_JWT_SECRET of at least 16 bytes")
         }
     };
-    // Listen from the start: a signal during start-up, or a second one sent
-    // right after the first, is never missed (nor fatal).
-    let mut signals = Signals::new();
     let client = redis::Client::open(cfg.redis_url.as_str())
         .with_context(|| format!("--redis-url {:?} is not a Redis URL", cfg.redis_url))?;
     let hint = "start one with scripts/start.sh, or `redis-server --appendonly yes`, or point --redis-url / FLOWCAST_REDIS_URL at a running Redis";
-    let redis = match connect(&client, Some(REDIS_RESPONSE_TIMEOUT)).await {
+    let redis = match store::connect(&client, Some(REDIS_RESPONSE_TIMEOUT)).await {
         Ok(c) => c,
         Err(e) => bail!("cannot reach Redis at {}: {e}; {hint}", cfg.redis_url),
     };
-    let mut probe = redis.clone();
-    if let Err(e) = redis::cmd("PING").query_async::<String>(&mut probe).await {
+    if let Err(e) = store::ping(&mut redis.clone()).await {
         bail!(
             "Redis at {} does not answer PING: {e}; {hint}",
             cfg.redis_url
@@ -131,52 +102,46 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
 
     let metrics = Metrics::new();
-    let draining = Arc::new(AtomicBool::new(false));
-    let limits = Limits {
-        max_body_bytes: cfg.max_body_bytes,
-        max_nodes: cfg.max_nodes,
-        ..Limits::default()
-    };
-    let ws_cfg = WsConfig {
-        heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms.max(100)),
-        client_timeout: Duration::from_millis(cfg.client_timeout_ms),
-        tcp_user_timeout: Duration::from_millis(cfg.tcp_user_timeout_ms.max(1000)),
-        max_queue_msgs: cfg.max_queue_msgs.max(1),
-        ..WsConfig::default()
-    };
+    let ws_cfg = WsConfig::from(&cfg);
 
     let mut runner = None;
     if cfg.role.runs_runner() {
-        store::ensure_group(&mut redis.clone()).await?;
+        requests::ensure_group(&mut redis.clone()).await?;
         if let Some(dir) = workflows_dir(&cfg)? {
             let dags = registry::read_dir(&dir, cfg.max_nodes)?;
             for dag in &dags {
-                registry::put(&mut redis.clone(), dag).await?;
+                workflows::put(&mut redis.clone(), dag).await?;
             }
             log::info!("registered {} workflows from {}", dags.len(), dir.display());
         }
         // Blocking reads get their own connection, with room for the BLOCK time.
-        let reader = connect(&client, Some(Duration::from_secs(10))).await?;
+        let reader = store::connect(&client, Some(Duration::from_secs(10))).await?;
         let publisher = {
             let (conn, m, max) = (redis.clone(), metrics.clone(), cfg.history_max);
             Supervisor::start(move |_| Publisher::new(conn, max, m))
         };
-        let instance_id = cfg.instance_id.clone().unwrap_or_else(default_instance_id);
-        log::info!("runner instance {instance_id}");
-        let rcfg = RunnerConfig {
-            instance_id,
-            lease: Duration::from_millis(cfg.lease_ms.max(1000)),
-            max_nodes: cfg.max_nodes,
-            ..RunnerConfig::default()
-        };
-        let r = Runner::new(rcfg, redis.clone(), reader, publisher, metrics.clone())
-            .with_control(client.clone());
+        let rcfg = RunnerConfig::from(&cfg);
+        log::info!("runner instance {}", rcfg.instance_id);
+        let r = Runner::new(
+            rcfg,
+            redis.clone(),
+            reader,
+            publisher,
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .with_control(client.clone());
         runner = Some(Supervisor::start(move |_| r));
     }
 
     let (mut subscriber, mut subscriber_ready) = (None, None);
     if cfg.role.runs_fanout() {
-        let sub = Subscriber::new(client.clone(), cfg.max_sessions_per_user, metrics.clone());
+        let sub = Subscriber::new(
+            client.clone(),
+            cfg.max_sessions_per_user,
+            metrics.clone(),
+            shutdown.clone(),
+        );
         subscriber_ready = Some(sub.ready());
         subscriber = Some(Supervisor::start(move |_| sub));
     }
@@ -186,8 +151,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         runner: runner.clone(),
         subscriber: subscriber.clone(),
         subscriber_ready,
-        draining: draining.clone(),
-        limits,
+        shutdown: shutdown.clone(),
+        limits: (&cfg).into(),
         ws: ws_cfg.clone(),
         next_session: Arc::new(AtomicU64::new(1)),
         metrics,
@@ -244,19 +209,10 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         actix_rt::spawn(s);
     }
 
-    signals.recv().await;
-    let grace = Duration::from_millis(cfg.drain_grace_ms);
+    shutdown.cancelled().await;
+    let grace = cfg.drain_grace();
     let deadline = Instant::now() + grace;
-    log::info!(
-        "draining (grace {} ms); a second signal exits at once",
-        cfg.drain_grace_ms
-    );
-    draining.store(true, Ordering::SeqCst);
-    actix_rt::spawn(async move {
-        signals.recv().await;
-        log::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
+    log::info!("draining (grace {} ms)", grace.as_millis());
     // Every step is bounded by what is left of the grace: whatever is not
     // done by then is durable in Redis or redone on the next start.
     let left = || deadline.saturating_duration_since(Instant::now());
@@ -282,43 +238,4 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     log::info!("drained; bye");
     Ok(())
-}
-
-fn default_instance_id() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "flowcast".into())
-}
-
-/// SIGTERM and SIGINT. Signals that arrive while nobody awaits `recv` are
-/// kept for the next call.
-struct Signals(Option<(Signal, Signal)>);
-
-impl Signals {
-    fn new() -> Self {
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(term), Ok(int)) => Self(Some((term, int))),
-            (Err(e), _) | (_, Err(e)) => {
-                log::warn!("cannot listen for signals ({e}); the daemon runs until killed");
-                Self(None)
-            }
-        }
-    }
-
-    async fn recv(&mut self) {
-        match &mut self.0 {
-            Some((term, int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            None => std::future::pending::<()>().await,
-        }
-    }
 }

@@ -14,12 +14,6 @@ pub enum Error {
     /// A caller's input was malformed; the message names the field.
     #[error("{0}")]
     InvalidInput(String),
-    /// The named thing does not exist (or belongs to someone else).
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The request conflicts with the current state (e.g. cancelling a finished run).
-    #[error("{0}")]
-    Conflict(String),
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),

@@ -85,26 +85,28 @@ pub enum EventBody {
 }
 
 impl EventBody {
-    /// The event's `type`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::WorkflowStarted { .. } => "workflow_started",
-            Self::NodeCompleted { .. } => "node_completed",
-            Self::NodeFailed { .. } => "node_failed",
-            Self::WorkflowCompleted { .. } => "workflow_completed",
-            Self::WorkflowFailed { .. } => "workflow_failed",
-            Self::WorkflowCancelled { .. } => "workflow_cancelled",
-        }
-    }
+    /// Every event `type`, in the order of [`EventBody::kind`]'s variants
+    /// (what a `types=` filter may name).
+    pub const TYPES: [&'static str; 6] = [
+        "workflow_started",
+        "node_completed",
+        "node_failed",
+        "workflow_completed",
+        "workflow_failed",
+        "workflow_cancelled",
+    ];
 
-    /// True for the events that end a run.
-    pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Self::WorkflowCompleted { .. }
-                | Self::WorkflowFailed { .. }
-                | Self::WorkflowCancelled { .. }
-        )
+    /// The event's `type` (as serialised by serde's tag).
+    pub fn kind(&self) -> &'static str {
+        let i = match self {
+            Self::WorkflowStarted { .. } => 0,
+            Self::NodeCompleted { .. } => 1,
+            Self::NodeFailed { .. } => 2,
+            Self::WorkflowCompleted { .. } => 3,
+            Self::WorkflowFailed { .. } => 4,
+            Self::WorkflowCancelled { .. } => 5,
+        };
+        Self::TYPES[i]
     }
 }
 
@@ -198,6 +200,56 @@ mod tests {
         assert!(e
             .to_json()
             .starts_with(r#"{"type":"node_completed","run_id":"r""#));
+    }
+
+    #[test]
+    fn every_kind_is_the_serialised_type_and_listed_once() {
+        let (r, n) = (String::from("r"), String::from("n"));
+        let all = [
+            EventBody::WorkflowStarted {
+                run_id: r.clone(),
+                tag: "t".into(),
+                nodes: 1,
+                entry_nodes: 1,
+            },
+            EventBody::NodeCompleted {
+                run_id: r.clone(),
+                node_id: n.clone(),
+                status: "completed".into(),
+                counter: 0,
+                result_ref: "sha256:ab".into(),
+            },
+            EventBody::NodeFailed {
+                run_id: r.clone(),
+                node_id: n.clone(),
+                error: "e".into(),
+                attempt: 1,
+                will_retry: false,
+                counter: 0,
+            },
+            EventBody::WorkflowCompleted {
+                run_id: r.clone(),
+                counter: 0,
+            },
+            EventBody::WorkflowFailed {
+                run_id: r.clone(),
+                failed_node: n,
+                error: "e".into(),
+                cancelled_nodes: vec![],
+                counter: 0,
+            },
+            EventBody::WorkflowCancelled {
+                run_id: r,
+                cancelled_nodes: vec![],
+                counter: 0,
+            },
+        ];
+        let kinds: Vec<&str> = all.iter().map(EventBody::kind).collect();
+        assert_eq!(kinds, EventBody::TYPES);
+        for b in all {
+            let v: Value = serde_json::from_str(&Event::new(b.clone(), 1).to_json()).unwrap();
+            assert_eq!(v["type"], b.kind());
+        }
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! - [`user`]: username validation.
 //!
 //! Redis:
-//! - [`store`]: key layout, the atomic commit script, reads of stored runs;
-//! - [`registry`]: registered workflows.
+//! - [`store`]: the only code that speaks to Redis: key layout, Lua scripts,
+//!   commits, runs, history, requests, leases, workflows;
+//! - [`registry`]: the operator's catalogue of workflow files;
+//! - [`backoff`]: the retry policy of every loop that talks to Redis.
 //!
 //! Actors (runner half):
 //! - [`runner::Runner`]: consumes run requests, initialises runs, resumes orphans;
@@ -26,6 +28,7 @@
 //!
 //! [`metrics`] holds the Prometheus metrics every actor updates.
 
+pub mod backoff;
 pub mod counter;
 pub mod error;
 pub mod event;

@@ -1,7 +1,7 @@
 //! The Publisher: the single writer of run state and events to Redis.
 //!
 //! Run actors and the runner hand it [`Publish`] messages; it applies each
-//! [`Commit`] with the commit script (see `store`) and answers once the
+//! [`Commit`] with the commit script (see `store::commit`) and answers once the
 //! change is in Redis. Whatever arrives while a write is in flight is sent as
 //! the next pipeline, so under load one round trip carries many commits, and
 //! idle it adds no delay. Order is kept: commits leave in the order they
@@ -16,44 +16,16 @@ use actix::prelude::*;
 use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
 
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::store::{Commit, COMMIT_LUA};
+use crate::store::commit::{self, Commit, Outcome};
 
+/// Events kept per user in the history stream, unless configured.
+pub const DEFAULT_HISTORY_MAX: u64 = 10_000;
 /// Most commits in one pipeline.
 pub const MAX_BATCH: usize = 512;
-/// First retry delay after a failed write.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// Longest retry delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// What became of a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Applied; this many events were published.
-    Applied(u32),
-    /// A retry of the run's last commit, already applied: nothing changed.
-    Duplicate,
-    /// The commit's events do not follow the run's stored seq: the sender's
-    /// view is behind Redis and must be rebuilt.
-    Behind,
-    /// The run's status was not the expected one (already initialised).
-    StatusMismatch,
-    /// Another runner holds the run's lease, or the run has already ended
-    /// (a stale runner's commit): the run is not this runner's to change.
-    NotOwner,
-}
-
-impl Outcome {
-    fn from_script(v: i64) -> Self {
-        match v {
-            0 => Self::Duplicate,
-            -1 => Self::StatusMismatch,
-            -2 => Self::NotOwner,
-            -3 => Self::Behind,
-            n => Self::Applied(n.max(0) as u32),
-        }
-    }
-}
+/// Retry delays after a failed write.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// Apply a commit; answered when it is durable in Redis (or the Publisher stops).
 #[derive(Message)]
@@ -81,13 +53,12 @@ enum Item {
 /// The Publisher actor.
 pub struct Publisher {
     conn: ConnectionManager,
-    sha: String,
     history_max: u64,
     queue: VecDeque<Item>,
     writing: bool,
     /// A failed write is waiting for its retry: send nothing before it.
     backing_off: bool,
-    backoff: Duration,
+    backoff: Backoff,
     metrics: Metrics,
 }
 
@@ -97,12 +68,11 @@ impl Publisher {
     pub fn new(conn: ConnectionManager, history_max: u64, metrics: Metrics) -> Self {
         Self {
             conn,
-            sha: redis::Script::new(COMMIT_LUA).get_hash().to_owned(),
             history_max,
             queue: VecDeque::new(),
             writing: false,
             backing_off: false,
-            backoff: BACKOFF_MIN,
+            backoff: BACKOFF,
             metrics,
         }
     }
@@ -132,77 +102,60 @@ impl Publisher {
         if n == 0 {
             return;
         }
-        let mut pipe = redis::pipe();
-        let retry = self.backoff > BACKOFF_MIN;
+        let retry = self.backoff.failed_since_reset();
         for item in self.queue.iter_mut().take(n) {
             if let Item::Commit(p) = item {
                 p.commit.retry |= retry;
-                p.commit.add_to(&mut pipe, &self.sha, self.history_max);
             }
         }
+        let pipe = commit::pipeline(
+            self.queue.iter().take(n).filter_map(|i| match i {
+                Item::Commit(p) => Some(&p.commit),
+                Item::Flush(_) => None,
+            }),
+            self.history_max,
+        );
         self.writing = true;
         let mut conn = self.conn.clone();
         let started = Instant::now();
-        async move {
-            let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
-            match r {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    // Redis restarted or flushed its scripts: load and retry.
-                    let load: redis::RedisResult<String> = redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(COMMIT_LUA)
-                        .query_async(&mut conn)
-                        .await;
-                    match load {
-                        Ok(_) => pipe.query_async(&mut conn).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                other => other,
-            }
-        }
-        .into_actor(self)
-        .map(move |r, act, ctx| {
-            act.writing = false;
-            match r {
-                Ok(outcomes) => {
-                    act.backoff = BACKOFF_MIN;
-                    act.metrics
-                        .publish_latency
-                        .observe(started.elapsed().as_secs_f64());
-                    for o in outcomes {
-                        if let Some(Item::Commit(p)) = act.queue.pop_front() {
-                            let o = Outcome::from_script(o);
-                            if let Outcome::Applied(k) = o {
-                                act.metrics.events_published.inc_by(k as u64);
+        async move { commit::send(&mut conn, &pipe).await }
+            .into_actor(self)
+            .map(move |r, act, ctx| {
+                act.writing = false;
+                match r {
+                    Ok(outcomes) => {
+                        act.backoff.reset();
+                        act.metrics
+                            .publish_latency
+                            .observe(started.elapsed().as_secs_f64());
+                        for o in outcomes {
+                            if let Some(Item::Commit(p)) = act.queue.pop_front() {
+                                if let Outcome::Applied(k) = o {
+                                    act.metrics.events_published.inc_by(k as u64);
+                                }
+                                let _ = p.done.send(o);
                             }
-                            let _ = p.done.send(o);
                         }
+                        act.write(ctx);
                     }
-                    act.write(ctx);
+                    Err(e) => {
+                        let wait = act.backoff.next_delay();
+                        log::warn!(
+                            "publisher: write of {n} commits failed ({e}); retrying in {wait:?}"
+                        );
+                        act.metrics
+                            .redis_errors
+                            .with_label_values(&["publisher"])
+                            .inc();
+                        act.backing_off = true;
+                        ctx.run_later(wait, |act, ctx| {
+                            act.backing_off = false;
+                            act.write(ctx)
+                        });
+                    }
                 }
-                Err(e) => {
-                    log::warn!(
-                        "publisher: write of {n} commits failed ({e}); retrying in {:?}",
-                        act.backoff
-                    );
-                    act.metrics
-                        .redis_errors
-                        .with_label_values(&["publisher"])
-                        .inc();
-                    let wait = act.backoff;
-                    act.backoff = (act.backoff * 2).min(BACKOFF_MAX);
-                    act.backing_off = true;
-                    ctx.run_later(wait, |act, ctx| {
-                        act.backing_off = false;
-                        act.write(ctx)
-                    });
-                }
-            }
-        })
-        .spawn(ctx);
+            })
+            .spawn(ctx);
     }
 }
 

@@ -24,9 +24,9 @@ use crate::counter::{NodeStatus, RunState, RunStatus};
 use crate::event::{Event, EventBody};
 use crate::metrics::Metrics;
 use crate::node::{self, NodeError};
-use crate::publisher::{self, Outcome, Publisher};
+use crate::publisher::{self, Publisher};
 use crate::result;
-use crate::store::{Commit, NodeRecord};
+use crate::store::{Commit, NodeRecord, Outcome, RunRecord};
 use crate::workflow::Dag;
 
 /// Cancel the run. Answers `false` if it had already ended.
@@ -150,8 +150,8 @@ impl RunActor {
 
     fn set_run(&self, c: &mut Commit) {
         let st = &self.setup.state;
-        c.set("counter", st.counter().to_string());
-        c.set("status", st.status().as_str());
+        c.set_counter(st.counter());
+        c.set_status(st.status());
         if st.status().is_terminal() {
             c.active = -1;
         }
@@ -220,8 +220,10 @@ impl RunActor {
         let (result_ref, bytes) = result::address(&out);
         self.setup.outputs.insert(i, out);
         let mut c = self.commit();
-        c.results.push(result_ref.clone());
-        c.results.push(String::from_utf8(bytes).unwrap_or_default());
+        c.store_result(
+            result_ref.clone(),
+            String::from_utf8(bytes).unwrap_or_default(),
+        );
         let rec = &mut self.setup.records[i];
         rec.status = NodeStatus::Completed;
         rec.result_ref = Some(result_ref.clone());
@@ -365,7 +367,7 @@ impl RunActor {
                 }
                 // A retry of a commit that had landed (its answer was lost).
                 Some(Outcome::Duplicate) => then(act, ctx),
-                Some(Outcome::NotOwner) | Some(Outcome::StatusMismatch) => {
+                Some(Outcome::NotOwner | Outcome::Ended | Outcome::StatusMismatch) => {
                     log::warn!(
                         "run {}: another runner holds it; letting go",
                         act.setup.run_id
@@ -450,7 +452,7 @@ impl Handler<Stop> for RunActor {
 }
 
 /// Rebuilds a run's in-memory state from its stored record.
-pub fn restore(record: &crate::store::RunRecord, dag: &Dag) -> (RunState, Vec<NodeRecord>) {
+pub fn restore(record: &RunRecord, dag: &Dag) -> (RunState, Vec<NodeRecord>) {
     let records: Vec<NodeRecord> = dag
         .workflow
         .nodes

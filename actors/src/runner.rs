@@ -24,17 +24,18 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::AsyncCommands;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
-use crate::counter::{NodeStatus, RunState};
+use crate::backoff::Backoff;
+use crate::counter::{NodeStatus, RunState, RunStatus};
 use crate::error::Result;
-use crate::event::{now_ms, Event, EventBody};
+use crate::event::{Event, EventBody};
 use crate::metrics::Metrics;
-use crate::publisher::{self, Outcome, Publisher};
+use crate::publisher::{self, Publisher};
 use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
-use crate::store::{self, Commit, NodeRecord, RunRecord};
+use crate::store::requests::{self, Request};
+use crate::store::{leases, runs, Commit, NodeRecord, Outcome, RunRecord};
 
 /// Runner settings.
 #[derive(Debug, Clone)]
@@ -61,10 +62,12 @@ impl Default for RunnerConfig {
     }
 }
 
-/// How long XREADGROUP blocks waiting for requests.
+/// How long a read blocks waiting for requests.
 const READ_BLOCK: Duration = Duration::from_millis(1000);
-/// Longest wait between retries of a failed read.
-const READ_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Retry delays after a failed read.
+const READ_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+/// Requests claimed from dead consumers per sweep.
+const CLAIM_BATCH: usize = 256;
 
 /// Cancel a run held by this runner; answers `None` if it holds no such run.
 #[derive(Message)]
@@ -108,9 +111,10 @@ pub struct Runner {
     initialising: HashSet<String>,
     /// The drain has stopped the run actors: start no more.
     let_go: bool,
-    read_backoff: Duration,
+    read_backoff: Backoff,
     reading_ok: bool,
-    draining: bool,
+    /// Fired when the process starts to shut down: take no new work.
+    shutdown: CancellationToken,
     /// Where cancel requests from other instances arrive ([`store::keys::CONTROL`]).
     control: Option<redis::Client>,
 }
@@ -123,6 +127,7 @@ impl Runner {
         reader: ConnectionManager,
         publisher: Addr<Publisher>,
         metrics: Metrics,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             cfg,
@@ -136,9 +141,9 @@ impl Runner {
             backlog_from: "0".into(),
             initialising: HashSet::new(),
             let_go: false,
-            read_backoff: Duration::from_millis(50),
+            read_backoff: READ_BACKOFF,
             reading_ok: false,
-            draining: false,
+            shutdown,
             control: None,
         }
     }
@@ -151,103 +156,84 @@ impl Runner {
     }
 
     fn read(&mut self, ctx: &mut Context<Self>) {
-        if self.draining {
+        if self.shutdown.is_cancelled() {
             return;
         }
         let mut conn = self.reader.clone();
         let consumer = self.cfg.instance_id.clone();
         let backlog = !self.backlog_done;
-        let mut opts = StreamReadOptions::default()
-            .group(store::keys::GROUP, &consumer)
-            .count(self.cfg.read_batch);
-        if !backlog {
-            opts = opts.block(READ_BLOCK.as_millis() as usize);
-        }
-        let id = if backlog {
-            self.backlog_from.clone()
+        let from = if backlog {
+            requests::From::Pending(self.backlog_from.clone())
         } else {
-            ">".to_owned()
+            requests::From::New(READ_BLOCK)
         };
-        async move {
-            let r: redis::RedisResult<Option<StreamReadReply>> = conn
-                .xread_options(&[store::keys::REQUESTS], &[id], &opts)
-                .await;
-            r
-        }
-        .into_actor(self)
-        .map(move |r, act, ctx| match r {
-            Ok(reply) => {
-                act.reading_ok = true;
-                act.read_backoff = Duration::from_millis(50);
-                let entries: Vec<_> = reply
-                    .into_iter()
-                    .flat_map(|r| r.keys)
-                    .flat_map(|k| k.ids)
-                    .collect();
-                if backlog {
-                    // Pending entries come back until acknowledged: page
-                    // through them instead of re-reading the same ones.
-                    match entries.last() {
-                        Some(e) => act.backlog_from = e.id.clone(),
-                        None => act.backlog_done = true,
+        let count = self.cfg.read_batch;
+        async move { requests::read(&mut conn, &consumer, &from, count).await }
+            .into_actor(self)
+            .map(move |r, act, ctx| match r {
+                Ok(entries) => {
+                    act.reading_ok = true;
+                    act.read_backoff.reset();
+                    if backlog {
+                        // Pending entries come back until acknowledged: page
+                        // through them instead of re-reading the same ones.
+                        match entries.last() {
+                            Some(e) => act.backlog_from = e.entry_id.clone(),
+                            None => act.backlog_done = true,
+                        }
                     }
+                    if act.shutdown.is_cancelled() {
+                        // Left pending: the next start, or another runner, takes them.
+                        return;
+                    }
+                    for e in entries {
+                        act.metrics
+                            .run_queue_lag
+                            .observe(requests::entry_age(&e.entry_id).as_secs_f64());
+                        act.take(e, ctx);
+                    }
+                    act.read(ctx);
                 }
-                if act.draining {
-                    // Left pending: the next start, or another runner, takes them.
-                    return;
-                }
-                for e in entries {
-                    let run_id: Option<String> = e.get("run_id");
+                Err(e) => {
+                    act.reading_ok = false;
+                    // The lost reply may have delivered entries to us: re-read
+                    // our own pending list first once reads work again.
+                    act.backlog_done = false;
+                    act.backlog_from = "0".into();
                     act.metrics
-                        .run_queue_lag
-                        .observe(stream_id_age(&e.id).as_secs_f64());
-                    match run_id {
-                        Some(run_id) => act.init(e.id, run_id, ctx),
-                        None => act.ack(e.id, ctx),
+                        .redis_errors
+                        .with_label_values(&["runner"])
+                        .inc();
+                    if requests::is_missing_group(&e) {
+                        let mut conn = act.conn.clone();
+                        actix::spawn(async move {
+                            let _ = requests::ensure_group(&mut conn).await;
+                        });
                     }
+                    let wait = act.read_backoff.next_delay();
+                    log::warn!("runner: reading run requests failed ({e}); retrying in {wait:?}");
+                    ctx.run_later(wait, |act, ctx| act.read(ctx));
                 }
-                act.read(ctx);
-            }
-            Err(e) => {
-                act.reading_ok = false;
-                // The lost reply may have delivered entries to us: re-read
-                // our own pending list first once reads work again.
-                act.backlog_done = false;
-                act.backlog_from = "0".into();
-                act.metrics
-                    .redis_errors
-                    .with_label_values(&["runner"])
-                    .inc();
-                if e.code() == Some("NOGROUP") {
-                    let mut conn = act.conn.clone();
-                    actix::spawn(async move {
-                        let _ = store::ensure_group(&mut conn).await;
-                    });
-                }
-                log::warn!(
-                    "runner: reading run requests failed ({e}); retrying in {:?}",
-                    act.read_backoff
-                );
-                let wait = act.read_backoff;
-                act.read_backoff = (act.read_backoff * 2).min(READ_BACKOFF_MAX);
-                ctx.run_later(wait, |act, ctx| act.read(ctx));
-            }
-        })
-        .spawn(ctx);
+            })
+            .spawn(ctx);
     }
 
-    fn ack(&self, entry_id: String, _ctx: &mut Context<Self>) {
-        let mut conn = self.conn.clone();
-        actix::spawn(async move {
-            let _: redis::RedisResult<()> = conn
-                .xack(store::keys::REQUESTS, store::keys::GROUP, &[entry_id])
-                .await;
-        });
+    /// Initialises a request's run, or drops a malformed request.
+    fn take(&mut self, req: Request, ctx: &mut Context<Self>) {
+        match req.run_id {
+            Some(run_id) => self.init(req.entry_id, run_id, ctx),
+            None => {
+                let mut conn = self.conn.clone();
+                actix::spawn(async move {
+                    let _ = requests::ack(&mut conn, &req.entry_id).await;
+                });
+            }
+        }
     }
 
     /// Initialises a queued run (or resumes one initialised before a crash).
     fn init(&mut self, entry_id: String, run_id: String, ctx: &mut Context<Self>) {
-        if self.draining || !self.initialising.insert(run_id.clone()) {
+        if self.shutdown.is_cancelled() || !self.initialising.insert(run_id.clone()) {
             return;
         }
         let mut conn = self.conn.clone();
@@ -295,7 +281,10 @@ impl Runner {
 
     /// Claims a run's lease and rebuilds its actor from Redis.
     fn resume(&mut self, rec: RunRecord, ctx: &mut Context<Self>) {
-        if rec.status.is_terminal() || self.runs.contains_key(&rec.run_id) || self.draining {
+        if rec.status.is_terminal()
+            || self.runs.contains_key(&rec.run_id)
+            || self.shutdown.is_cancelled()
+        {
             return;
         }
         let mut conn = self.conn.clone();
@@ -316,50 +305,36 @@ impl Runner {
     /// Resumes unfinished runs whose lease has lapsed, and claims requests
     /// left pending by dead consumers.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
-        if self.draining {
+        if self.shutdown.is_cancelled() {
             return;
         }
         let mut conn = self.conn.clone();
         let live: Vec<String> = self.runs.keys().cloned().collect();
         let cfg = self.cfg.clone();
         async move {
-            renew_leases(&mut conn, &cfg, &live).await?;
-            let mut pipe = redis::pipe();
-            for r in &live {
-                pipe.hexists(store::keys::run(r), "cancel_requested");
-            }
-            let flags: Vec<bool> = if live.is_empty() {
-                Vec::new()
-            } else {
-                pipe.query_async(&mut conn).await?
-            };
+            leases::renew(&mut conn, &live, &cfg.instance_id, cfg.lease).await?;
+            let flags = runs::cancel_requested(&mut conn, &live).await?;
             let to_cancel: Vec<String> = live
                 .iter()
                 .zip(flags)
                 .filter(|(_, f)| *f)
                 .map(|(r, _)| r.clone())
                 .collect();
-            let active: Vec<String> = conn.smembers(store::keys::ACTIVE).await?;
             let mut orphans = Vec::new();
-            for run_id in active.into_iter().filter(|r| !live.contains(r)) {
-                let owner: Option<String> = conn.get(store::keys::owner(&run_id)).await?;
-                if owner.is_none() || owner.as_deref() == Some(&cfg.instance_id) {
-                    if let Some(rec) = store::load_run(&mut conn, &run_id).await? {
+            for run_id in runs::active(&mut conn).await? {
+                if live.contains(&run_id) {
+                    continue;
+                }
+                let holder = leases::holder(&mut conn, &run_id).await?;
+                if holder.is_none() || holder.as_deref() == Some(&cfg.instance_id) {
+                    if let Some(rec) = runs::load(&mut conn, &run_id).await? {
                         orphans.push(rec);
                     }
                 }
             }
-            let claimed: redis::Value = redis::cmd("XAUTOCLAIM")
-                .arg(store::keys::REQUESTS)
-                .arg(store::keys::GROUP)
-                .arg(&cfg.instance_id)
-                .arg(cfg.lease.as_millis() as u64)
-                .arg("0")
-                .arg("COUNT")
-                .arg(256)
-                .query_async(&mut conn)
-                .await?;
-            Ok::<_, crate::error::Error>((orphans, claimed_entries(claimed), to_cancel))
+            let claimed =
+                requests::claim_stale(&mut conn, &cfg.instance_id, cfg.lease, CLAIM_BATCH).await?;
+            Ok::<_, crate::error::Error>((orphans, claimed, to_cancel))
         }
         .into_actor(self)
         .map(|r, act, ctx| match r {
@@ -370,13 +345,13 @@ impl Runner {
                     }
                 }
                 for rec in orphans {
-                    if rec.status == crate::counter::RunStatus::Queued {
+                    if rec.status == RunStatus::Queued {
                         continue; // still in the request stream
                     }
                     act.resume(rec, ctx);
                 }
-                for (entry_id, run_id) in claimed {
-                    act.init(entry_id, run_id, ctx);
+                for req in claimed {
+                    act.take(req, ctx);
                 }
             }
             Err(e) => {
@@ -405,39 +380,33 @@ async fn initialise(
     entry_id: String,
     run_id: String,
 ) -> Result<Init> {
-    let Some(rec) = store::load_run(conn, &run_id).await? else {
+    let Some(rec) = runs::load(conn, &run_id).await? else {
         log::warn!("run {run_id}: request without a run record; dropping it");
-        let _: () = conn
-            .xack(store::keys::REQUESTS, store::keys::GROUP, &[&entry_id])
-            .await?;
+        requests::ack(conn, &entry_id).await?;
         return Ok(Init::Nothing);
     };
-    if rec.status != crate::counter::RunStatus::Queued {
+    if rec.status != RunStatus::Queued {
         // Initialised before (a crash before the ack): ack, then resume.
-        let _: () = conn
-            .xack(store::keys::REQUESTS, store::keys::GROUP, &[&entry_id])
-            .await?;
+        requests::ack(conn, &entry_id).await?;
         return Ok(Init::Resume(Box::new(rec)));
     }
     let dag = match rec.workflow.clone().compile(cfg.max_nodes) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             log::error!("run {run_id}: stored workflow is invalid ({e}); dropping it");
-            let _: () = conn
-                .xack(store::keys::REQUESTS, store::keys::GROUP, &[&entry_id])
-                .await?;
+            requests::ack(conn, &entry_id).await?;
             return Ok(Init::Nothing);
         }
     };
     let state = RunState::start(&dag);
     let mut c = Commit::new(&run_id, &rec.user, 1);
-    c.expect_status = Some("queued");
+    c.expect_status = Some(RunStatus::Queued.as_str());
     c.ack = Some(entry_id);
     c.owner = Some(cfg.instance_id.clone());
     c.lease_ms = Some(cfg.lease.as_millis() as u64);
     c.active = 1;
-    c.set("status", "running");
-    c.set("counter", state.counter().to_string());
+    c.set_status(RunStatus::Running);
+    c.set_counter(state.counter());
     for &e in &dag.entries {
         c.set_node(
             &dag.node(e).id,
@@ -455,7 +424,7 @@ async fn initialise(
         Some(Outcome::Applied(_)) => {}
         Some(Outcome::StatusMismatch) => {
             // Someone initialised it meanwhile; it is theirs or resumable.
-            return Ok(match store::load_run(conn, &run_id).await? {
+            return Ok(match runs::load(conn, &run_id).await? {
                 Some(rec) => Init::Resume(Box::new(rec)),
                 None => Init::Nothing,
             });
@@ -488,18 +457,11 @@ async fn claim_and_load(
     cfg: &RunnerConfig,
     rec: RunRecord,
 ) -> Result<Option<RunSetup>> {
-    let claimed: i64 = redis::Script::new(CLAIM_LUA)
-        .key(store::keys::owner(&rec.run_id))
-        .key(store::keys::run(&rec.run_id))
-        .arg(&cfg.instance_id)
-        .arg(cfg.lease.as_millis() as u64)
-        .invoke_async(conn)
-        .await?;
-    if claimed == 0 {
+    if !leases::claim(conn, &rec.run_id, &cfg.instance_id, cfg.lease).await? {
         return Ok(None);
     }
     // Re-read under the lease: the record may have moved since it was listed.
-    let Some(rec) = store::load_run(conn, &rec.run_id).await? else {
+    let Some(rec) = runs::load(conn, &rec.run_id).await? else {
         return Ok(None);
     };
     if rec.status.is_terminal() {
@@ -518,15 +480,13 @@ async fn claim_and_load(
         .enumerate()
         .filter_map(|(i, r)| Some((i, r.result_ref.clone()?)))
         .collect();
-    if !done.is_empty() {
-        let keys: Vec<String> = done.iter().map(|(_, r)| store::keys::result(r)).collect();
-        let blobs: Vec<Option<String>> = conn.mget(&keys).await?;
-        for ((i, _), blob) in done.into_iter().zip(blobs) {
-            let v = blob
-                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-                .unwrap_or(Value::Null);
-            outputs.insert(i, v);
-        }
+    let refs: Vec<String> = done.iter().map(|(_, r)| r.clone()).collect();
+    let blobs = runs::outputs(conn, &refs).await?;
+    for ((i, _), blob) in done.into_iter().zip(blobs) {
+        let v = blob
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .unwrap_or(Value::Null);
+        outputs.insert(i, v);
     }
     Ok(Some(RunSetup {
         run_id: rec.run_id,
@@ -541,81 +501,6 @@ async fn claim_and_load(
         lease: cfg.lease,
         cancel_requested: rec.cancel_requested,
     }))
-}
-
-/// Takes a lease that is free or already held by this instance, unless the
-/// run (KEYS[2]) has ended meanwhile: a lease is never left on a finished run.
-const CLAIM_LUA: &str = r#"
-local st = redis.call('HGET', KEYS[2], 'status')
-if not st or st == 'completed' or st == 'failed' or st == 'cancelled' then return 0 end
-local o = redis.call('GET', KEYS[1])
-if o and o ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"#;
-
-/// Extends the leases this instance holds.
-const RENEW_LUA: &str = r#"
-for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) end
-end
-return 1
-"#;
-
-/// Deletes the leases this instance holds.
-const RELEASE_LUA: &str = r#"
-for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
-end
-return 1
-"#;
-
-async fn lease_op(
-    conn: &mut ConnectionManager,
-    lua: &str,
-    cfg: &RunnerConfig,
-    runs: &[String],
-) -> Result<()> {
-    let script = redis::Script::new(lua);
-    for chunk in runs.chunks(1000) {
-        let mut inv = script.prepare_invoke();
-        for r in chunk {
-            inv.key(store::keys::owner(r));
-        }
-        inv.arg(&cfg.instance_id).arg(cfg.lease.as_millis() as u64);
-        let _: i64 = inv.invoke_async(conn).await?;
-    }
-    Ok(())
-}
-
-async fn renew_leases(
-    conn: &mut ConnectionManager,
-    cfg: &RunnerConfig,
-    runs: &[String],
-) -> Result<()> {
-    lease_op(conn, RENEW_LUA, cfg, runs).await
-}
-
-/// Parses XAUTOCLAIM's reply into (entry id, run id) pairs.
-fn claimed_entries(v: redis::Value) -> Vec<(String, String)> {
-    use redis::Value as V;
-    let V::Array(parts) = v else {
-        return Vec::new();
-    };
-    let Some(V::Array(entries)) = parts.into_iter().nth(1) else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .filter_map(|e| {
-            let V::Array(e) = e else { return None };
-            let mut it = e.into_iter();
-            let id: String = redis::from_redis_value(it.next()?).ok()?;
-            let fields: Vec<String> = redis::from_redis_value(it.next()?).ok()?;
-            let pos = fields.iter().position(|f| f == "run_id")?;
-            Some((id, fields.get(pos + 1)?.clone()))
-        })
-        .collect()
 }
 
 impl Actor for Runner {
@@ -637,15 +522,10 @@ impl Actor for Runner {
 async fn listen_control(client: redis::Client, runner: Addr<Runner>) {
     use futures_util::StreamExt;
     while runner.connected() {
-        match client.get_async_pubsub().await {
-            Ok(mut ps) => {
-                if ps.subscribe(store::keys::CONTROL).await.is_ok() {
-                    let mut msgs = ps.on_message();
-                    while let Some(m) = msgs.next().await {
-                        if let Ok(run_id) = m.get_payload::<String>() {
-                            runner.do_send(CancelRun { run_id });
-                        }
-                    }
+        match runs::cancel_requests(&client).await {
+            Ok(mut run_ids) => {
+                while let Some(run_id) = run_ids.next().await {
+                    runner.do_send(CancelRun { run_id });
                 }
             }
             Err(e) => log::debug!("runner: control channel unavailable ({e})"),
@@ -691,7 +571,7 @@ impl Handler<IsReady> for Runner {
     type Result = bool;
 
     fn handle(&mut self, _: IsReady, _ctx: &mut Self::Context) -> bool {
-        self.reading_ok && !self.draining
+        self.reading_ok && !self.shutdown.is_cancelled()
     }
 }
 
@@ -699,7 +579,8 @@ impl Handler<Drain> for Runner {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
-        self.draining = true;
+        // Draining is shutting down, whoever asked first.
+        self.shutdown.cancel();
         log::info!(
             "runner: draining {} live runs (grace {:?})",
             self.runs.len(),
@@ -778,7 +659,7 @@ impl Handler<LetGo> for Runner {
                     left.len()
                 );
                 let ids: Vec<String> = left.into_iter().map(|(id, _)| id).collect();
-                let release = lease_op(&mut conn, RELEASE_LUA, &cfg, &ids);
+                let release = leases::release(&mut conn, &ids, &cfg.instance_id);
                 if !matches!(tokio::time::timeout_at(deadline, release).await, Ok(Ok(()))) {
                     log::warn!(
                         "runner: could not release the leases of unfinished runs; they expire"
@@ -787,15 +668,6 @@ impl Handler<LetGo> for Runner {
             }
         })
     }
-}
-
-fn stream_id_age(id: &str) -> Duration {
-    let ms: u64 = id
-        .split('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Duration::from_millis(now_ms().saturating_sub(ms))
 }
 
 /// The HTTP client of `http` nodes.

@@ -8,7 +8,9 @@
 //!
 //! When the connection drops (or a periodic PING goes unanswered) it
 //! reconnects with exponential backoff and re-subscribes every live channel;
-//! sessions stay open meanwhile. [`Subscriber::ready`] is true only while the
+//! sessions stay open meanwhile. The backoff starts over only once the new
+//! connection has proved healthy (a message received, or a PING answered
+//! with every channel subscribed), not at a bare reconnect. [`Subscriber::ready`] is true only while the
 //! connection is up and every live channel is subscribed: connected but deaf
 //! never looks healthy.
 
@@ -21,22 +23,22 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::fanout::{AddSession, CloseAll, Deliver, Fanout, RemoveSession, SessionHandle};
 use crate::metrics::Metrics;
 use crate::store::keys::{channel, CHANNEL_PREFIX};
+use crate::store::CONNECT_TIMEOUT;
 
-/// First reconnect delay.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most sessions per user per process, unless configured.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 10_000;
+/// Reconnect delays.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// How often the connection is checked with PING.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// A PING unanswered this long means the connection is dead.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
-/// A connection attempt that takes longer than this has failed (an unreachable
-/// host must not leave the Subscriber waiting on the OS's connect timeout).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a session could not join.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,13 +88,13 @@ pub struct Subscriber {
     generation: u64,
     stream: Option<SpawnHandle>,
     connecting: bool,
-    backoff: Duration,
+    backoff: Backoff,
     /// Every channel live at the last (re)connect is subscribed.
     resubscribed: bool,
     /// SUBSCRIBEs of new users sent on this connection and not yet confirmed.
     pending: usize,
-    /// Sessions have been told to close (drain): no new ones join.
-    closing: bool,
+    /// Fired when the process starts to shut down: no new sessions join.
+    shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     max_sessions_per_user: usize,
     metrics: Metrics,
@@ -112,7 +114,12 @@ fn thread_of(user: &str, threads: usize) -> usize {
 
 impl Subscriber {
     /// A Subscriber on `client`'s server.
-    pub fn new(client: redis::Client, max_sessions_per_user: usize, metrics: Metrics) -> Self {
+    pub fn new(
+        client: redis::Client,
+        max_sessions_per_user: usize,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             client,
             sink: None,
@@ -120,10 +127,10 @@ impl Subscriber {
             generation: 0,
             stream: None,
             connecting: false,
-            backoff: BACKOFF_MIN,
+            backoff: BACKOFF,
             resubscribed: false,
             pending: 0,
-            closing: false,
+            shutdown,
             ready: Arc::new(AtomicBool::new(false)),
             max_sessions_per_user,
             metrics,
@@ -153,13 +160,12 @@ impl Subscriber {
         if let Some(h) = self.stream.take() {
             ctx.cancel_future(h);
         }
-        log::warn!("subscriber: {why}; reconnecting in {:?}", self.backoff);
+        let wait = self.backoff.next_delay();
+        log::warn!("subscriber: {why}; reconnecting in {wait:?}");
         self.metrics
             .redis_errors
             .with_label_values(&["subscriber"])
             .inc();
-        let wait = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         ctx.run_later(wait, |act, ctx| act.connect(ctx));
     }
 
@@ -234,7 +240,6 @@ impl Subscriber {
             }
             match r {
                 Ok(()) => {
-                    act.backoff = BACKOFF_MIN;
                     act.resubscribed = true;
                     act.update_ready();
                 }
@@ -261,10 +266,14 @@ impl Subscriber {
         }
         .into_actor(self)
         .map(move |r, act, ctx| {
-            if let Err(e) = r {
-                if gen == act.generation && act.sink.is_some() {
-                    act.disconnected(&e, ctx);
-                }
+            if gen != act.generation || act.sink.is_none() {
+                return;
+            }
+            match r {
+                // Subscribed and answering: healthy, not just reconnected.
+                Ok(()) if act.resubscribed => act.backoff.reset(),
+                Ok(()) => {}
+                Err(e) => act.disconnected(&e, ctx),
             }
         })
         .spawn(ctx);
@@ -335,6 +344,7 @@ impl StreamHandler<(u64, Option<redis::Msg>)> for Subscriber {
             self.disconnected("connection lost", ctx);
             return;
         };
+        self.backoff.reset();
         let Some(user) = msg.get_channel_name().strip_prefix(CHANNEL_PREFIX) else {
             return;
         };
@@ -360,7 +370,7 @@ impl Handler<Join> for Subscriber {
     type Result = Result<(), JoinError>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        if self.closing {
+        if self.shutdown.is_cancelled() {
             return Err(JoinError::ShuttingDown);
         }
         let live = self.users.get(&msg.user).map_or(0, |e| e.sessions.len());
@@ -409,7 +419,7 @@ impl Handler<CloseAllSessions> for Subscriber {
     type Result = ();
 
     fn handle(&mut self, _: CloseAllSessions, _ctx: &mut Self::Context) {
-        self.closing = true;
+        self.shutdown.cancel();
         for e in self.users.values() {
             e.fanout.do_send(CloseAll);
         }

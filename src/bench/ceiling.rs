@@ -2,7 +2,7 @@
 //! commit at all, so that the runner's rate reads as a fraction of the
 //! physical limit of the set-up.
 //!
-//! It runs the runner's real commit script ([`COMMIT_LUA`]) on synthetic
+//! It runs the runner's real commit script (`store::commit`) on synthetic
 //! bench keys, with commits shaped like a node completion (the node's
 //! record, the activated node's record, counter and status, the output
 //! under its content address, one `node_completed` event appended to the
@@ -19,7 +19,8 @@ use anyhow::{bail, Context};
 use flowcast_actors::counter::{NodeStatus, RunStatus};
 use flowcast_actors::event::{Event, EventBody};
 use flowcast_actors::publisher::MAX_BATCH;
-use flowcast_actors::store::{self, Commit, NodeRecord, COMMIT_LUA};
+use flowcast_actors::store::commit::{self, Commit, Outcome};
+use flowcast_actors::store::{self, NodeRecord};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
@@ -47,7 +48,7 @@ pub struct Ceiling {
 }
 
 /// Builds synthetic completion number `k`.
-fn commit(bench: &str, user: &str, k: u64, output: &(String, Vec<u8>)) -> Commit {
+fn completion(bench: &str, user: &str, k: u64, output: &(String, Vec<u8>)) -> Commit {
     let run_id = format!("bench-ceiling-{bench}-{}", k % RUNS);
     let step = k / RUNS;
     let seq = step + 1;
@@ -57,8 +58,10 @@ fn commit(bench: &str, user: &str, k: u64, output: &(String, Vec<u8>)) -> Commit
     let mut c = Commit::new(&run_id, user, seq);
     c.owner = Some(format!("bench-ceiling-{bench}"));
     c.lease_ms = Some(15_000);
-    c.results.push(result_ref.clone());
-    c.results.push(String::from_utf8_lossy(bytes).into_owned());
+    c.store_result(
+        result_ref.clone(),
+        String::from_utf8_lossy(bytes).into_owned(),
+    );
     c.set_node(
         &node_id,
         &NodeRecord {
@@ -69,8 +72,8 @@ fn commit(bench: &str, user: &str, k: u64, output: &(String, Vec<u8>)) -> Commit
         },
     );
     c.set_node(&next_id, &NodeRecord::with_status(NodeStatus::Active));
-    c.set("counter", "1");
-    c.set("status", RunStatus::Running.as_str());
+    c.set_counter(1);
+    c.set_status(RunStatus::Running);
     c.events.push(
         Event::new(
             EventBody::NodeCompleted {
@@ -95,11 +98,6 @@ pub async fn measure(url: &str, secs: f64, history_max: u64) -> anyhow::Result<C
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("cannot connect to Redis at {url}"))?;
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(COMMIT_LUA)
-        .query_async(&mut conn)
-        .await?;
     let bench = super::bench_id();
     let user = format!("bench-ceiling-{bench}");
 
@@ -117,11 +115,10 @@ pub async fn measure(url: &str, secs: f64, history_max: u64) -> anyhow::Result<C
 
     let output = flowcast_actors::result::address(&Value::Null);
     let build = |from: u64| {
-        let mut pipe = redis::pipe();
-        for k in from..from + MAX_BATCH as u64 {
-            commit(&bench, &user, k, &output).add_to(&mut pipe, &sha, history_max);
-        }
-        pipe
+        let batch: Vec<Commit> = (from..from + MAX_BATCH as u64)
+            .map(|k| completion(&bench, &user, k, &output))
+            .collect();
+        commit::pipeline(&batch, history_max)
     };
     let deadline = Duration::from_secs_f64(secs);
     let started = Instant::now();
@@ -130,12 +127,12 @@ pub async fn measure(url: &str, secs: f64, history_max: u64) -> anyhow::Result<C
     while started.elapsed() < deadline {
         let pipe = std::mem::replace(&mut next, redis::pipe());
         let mut c = conn.clone();
-        let in_flight = tokio::spawn(async move { pipe.query_async::<Vec<i64>>(&mut c).await });
+        let in_flight = tokio::spawn(async move { commit::send(&mut c, &pipe).await });
         k += MAX_BATCH as u64;
         next = build(k);
         let outcomes = in_flight.await??;
         for o in outcomes {
-            if o == 1 {
+            if o == Outcome::Applied(1) {
                 applied += 1;
             } else {
                 rejected += 1;
@@ -176,7 +173,7 @@ mod tests {
     #[test]
     fn synthetic_commits_look_like_a_node_completion() {
         let out = flowcast_actors::result::address(&Value::Null);
-        let c = commit("b", "u", RUNS * 3 + 5, &out);
+        let c = completion("b", "u", RUNS * 3 + 5, &out);
         assert_eq!(c.run_id, "bench-ceiling-b-5");
         assert_eq!(c.seq, 4);
         assert_eq!(c.events.len(), 1);
@@ -185,6 +182,6 @@ mod tests {
         assert_eq!(e["type"], "node_completed");
         assert_eq!(e["node_id"], "n3");
         // Consecutive commits of one run carry increasing seqs (none is a duplicate).
-        assert!(commit("b", "u", RUNS * 4 + 5, &out).seq > c.seq);
+        assert!(completion("b", "u", RUNS * 4 + 5, &out).seq > c.seq);
     }
 }

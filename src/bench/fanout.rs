@@ -28,7 +28,7 @@ use super::report::{emit, rate, thousands, Table};
 use super::stamp::{now_us, Stamp};
 use super::stats::{per_sec, Histogram, Summary};
 use super::template::{check_prefix, source_addrs, user_name, user_of, Template};
-use crate::config::FanoutArgs;
+use crate::cli::FanoutArgs;
 
 /// Longest run accepted (a bound, so that a typo cannot load the machine for hours).
 const MAX_DURATION_S: f64 = 600.0;

@@ -34,7 +34,7 @@ pub mod template;
 
 use anyhow::{bail, Context};
 
-use crate::config::BenchCommand;
+use crate::cli::BenchCommand;
 
 /// Runs a bench subcommand to completion.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {

@@ -33,7 +33,7 @@ use super::report::{emit, rate, thousands, Table};
 use super::stamp::now_us;
 use super::stats::{per_sec, Histogram, Summary};
 use super::template::{check_prefix, loopback_target, user_name, Template};
-use crate::config::RunsArgs;
+use crate::cli::RunsArgs;
 
 /// Longest submission phase accepted.
 const MAX_DURATION_S: f64 = 600.0;

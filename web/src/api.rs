@@ -10,9 +10,9 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError, Route};
 use flowcast_actors::counter::RunStatus;
 use flowcast_actors::runner::CancelRun;
+use flowcast_actors::store::{runs, workflows};
 use flowcast_actors::workflow::{json_kind, validate_tag, Workflow};
-use flowcast_actors::{registry, result, store};
-use redis::AsyncCommands;
+use flowcast_actors::{result, store};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -179,7 +179,7 @@ async fn put_workflow(
     let dag = wf
         .compile(st.limits.max_nodes)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
-    let replaced = registry::put(&mut st.redis.clone(), &dag).await?;
+    let replaced = workflows::put(&mut st.redis.clone(), &dag).await?;
     let status = if replaced {
         StatusCode::OK
     } else {
@@ -197,7 +197,7 @@ async fn get_workflow(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let tag = tag_of(&path)?;
-    match registry::get(&mut st.redis.clone(), tag).await? {
+    match workflows::get(&mut st.redis.clone(), tag).await? {
         Some(wf) => Ok(HttpResponse::Ok().json(wf)),
         None => Err(ApiError::not_found(format!("workflow {tag:?} not found"))),
     }
@@ -209,7 +209,7 @@ async fn delete_workflow(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let tag = tag_of(&path)?;
-    if registry::delete(&mut st.redis.clone(), tag).await? {
+    if workflows::delete(&mut st.redis.clone(), tag).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::not_found(format!("workflow {tag:?} not found")))
@@ -217,7 +217,7 @@ async fn delete_workflow(
 }
 
 async fn list_workflows(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let tags = registry::list(&mut st.redis.clone()).await?;
+    let tags = workflows::list(&mut st.redis.clone()).await?;
     Ok(HttpResponse::Ok().json(json!({ "workflows": tags })))
 }
 
@@ -265,7 +265,7 @@ async fn submit(
     tag: &str,
     inputs: Option<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    if st.draining.load(std::sync::atomic::Ordering::SeqCst) {
+    if st.shutdown.is_cancelled() {
         return Err(flowcast_actors::Error::ShuttingDown.into());
     }
     let tag = tag_of(tag)?;
@@ -284,11 +284,11 @@ async fn submit(
         }
     };
     let mut conn = st.redis.clone();
-    let Some(wf) = registry::get(&mut conn, tag).await? else {
+    let Some(wf) = workflows::get(&mut conn, tag).await? else {
         return Err(ApiError::not_found(format!("workflow {tag:?} not found")));
     };
     let run_id = uuid::Uuid::new_v4().to_string();
-    store::enqueue_run(&mut conn, &run_id, &user.0, &wf, &inputs).await?;
+    runs::enqueue(&mut conn, &run_id, &user.0, &wf, &inputs).await?;
     st.metrics.runs_accepted.inc();
     let location = format!("/api/v1/runs/{run_id}");
     Ok(HttpResponse::Accepted()
@@ -299,7 +299,7 @@ async fn submit(
 /// Loads a run the caller owns; another user's run is a 404, as if absent.
 async fn owned_run(st: &AppState, user: &User, id: &str) -> Result<store::RunRecord, ApiError> {
     check_run_id(id)?;
-    match store::load_run(&mut st.redis.clone(), id).await? {
+    match runs::load(&mut st.redis.clone(), id).await? {
         Some(r) if r.user == user.0 => Ok(r),
         _ => Err(ApiError::not_found(format!("run {id} not found"))),
     }
@@ -311,11 +311,8 @@ async fn get_run(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let run = owned_run(&st, &user, &path).await?;
-    Ok(HttpResponse::Ok().json(run.to_view()))
+    Ok(HttpResponse::Ok().json(crate::views::run(&run)))
 }
-
-/// A listed run's `tag`, `status`, `counter` and `created_ms`.
-type RunRow = (Option<String>, Option<String>, Option<u32>, Option<u64>);
 
 /// `GET /api/v1/runs` query.
 #[derive(Deserialize)]
@@ -329,34 +326,8 @@ async fn list_runs(
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, st.limits.max_list);
-    let mut conn = st.redis.clone();
-    let ids: Vec<String> = conn
-        .zrevrange(store::keys::user_runs(&user.0), 0, limit as isize - 1)
-        .await
-        .map_err(flowcast_actors::Error::from)?;
-    if ids.is_empty() {
-        // An empty pipeline is an error in the client, not an empty answer.
-        return Ok(HttpResponse::Ok().json(json!({ "runs": [] })));
-    }
-    let mut pipe = redis::pipe();
-    for id in &ids {
-        pipe.hmget(
-            store::keys::run(id),
-            &["tag", "status", "counter", "created_ms"],
-        );
-    }
-    let rows: Vec<RunRow> = pipe
-        .query_async(&mut conn)
-        .await
-        .map_err(flowcast_actors::Error::from)?;
-    let runs: Vec<Value> = ids
-        .iter()
-        .zip(rows)
-        .filter_map(|(id, (tag, status, counter, created_ms))| {
-            Some(json!({"run_id": id, "tag": tag?, "status": status?, "counter": counter, "created_ms": created_ms}))
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
+    let runs = runs::list(&mut st.redis.clone(), &user.0, limit).await?;
+    Ok(HttpResponse::Ok().json(crate::views::run_list(&runs)))
 }
 
 async fn run_events(
@@ -365,12 +336,7 @@ async fn run_events(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     owned_run(&st, &user, &path).await?;
-    let events: Vec<String> = st
-        .redis
-        .clone()
-        .lrange(store::keys::run_events(&path), 0, -1)
-        .await
-        .map_err(flowcast_actors::Error::from)?;
+    let events = runs::events(&mut st.redis.clone(), &path).await?;
     // Stored events are JSON objects written by the commit script.
     let body = format!(
         "{{\"run_id\":\"{}\",\"events\":[{}]}}",
@@ -430,7 +396,7 @@ async fn cancel_run(
         None => {
             // Held by another instance (or not initialised yet): ask
             // whichever runner holds it, now or later.
-            store::request_cancel(&mut st.redis.clone(), &run.run_id).await?;
+            runs::request_cancel(&mut st.redis.clone(), &run.run_id).await?;
             Ok(
                 HttpResponse::Accepted()
                     .json(json!({"run_id": run.run_id, "status": "cancelling"})),
@@ -451,15 +417,8 @@ async fn get_result(
             format!("{r:?} is not sha256:<64 hex digits>"),
         ));
     }
-    let mut conn = st.redis.clone();
-    let (mine, blob): (bool, Option<String>) = redis::pipe()
-        .sismember(store::keys::user_results(&user.0), r)
-        .get(store::keys::result(r))
-        .query_async(&mut conn)
-        .await
-        .map_err(flowcast_actors::Error::from)?;
-    match (mine, blob) {
-        (true, Some(b)) => Ok(HttpResponse::Ok().content_type("application/json").body(b)),
-        _ => Err(ApiError::not_found(format!("result {r} not found"))),
+    match runs::result_for(&mut st.redis.clone(), &user.0, r).await? {
+        Some(b) => Ok(HttpResponse::Ok().content_type("application/json").body(b)),
+        None => Err(ApiError::not_found(format!("result {r} not found"))),
     }
 }

@@ -82,8 +82,6 @@ impl From<CoreError> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m)
             }
             CoreError::InvalidInput(m) => Self::bad_request("invalid_input", m),
-            CoreError::NotFound(m) => Self::not_found(format!("{m} not found")),
-            CoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             CoreError::Redis(e) => {
                 log::warn!("api: redis error: {e}");
                 Self::unavailable("Redis is unreachable; the request was not accepted, retry later")

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use flowcast_actors::runner::IsReady;
+use flowcast_actors::store;
 use serde_json::json;
 
 use crate::state::AppState;
@@ -30,11 +31,7 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(st: web::Data<AppState>) -> HttpResponse {
     let mut conn = st.redis.clone();
-    let ping = actix_rt::time::timeout(
-        READY_TIMEOUT,
-        redis::cmd("PING").query_async::<String>(&mut conn),
-    )
-    .await;
+    let ping = actix_rt::time::timeout(READY_TIMEOUT, store::ping(&mut conn)).await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
     let runner_ok = match &st.runner {
         // A runner too busy to answer within the timeout is not ready either.
@@ -48,7 +45,7 @@ async fn readyz(st: web::Data<AppState>) -> HttpResponse {
         .subscriber_ready
         .as_ref()
         .map(|r| r.load(Ordering::SeqCst));
-    let draining = st.draining.load(Ordering::SeqCst);
+    let draining = st.shutdown.is_cancelled();
     let ready = redis_ok && runner_ok != Some(false) && subscriber_ok != Some(false) && !draining;
     let body = json!({
         "ready": ready,

@@ -8,7 +8,8 @@
 //! - [`api`]: the REST API under `/api/v1`;
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`ws`]: the `/ws` upgrade and its query parameters;
-//! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection.
+//! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection;
+//! - [`views`]: the JSON shapes of runs served by the REST API.
 //!
 //! [`configure_api`] and [`configure_ws`] mount these on the two listeners;
 //! the daemon (`src/`) builds the servers.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod session;
 pub mod state;
+pub mod views;
 pub mod ws;
 
 use actix_web::web;

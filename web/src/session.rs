@@ -128,7 +128,9 @@ impl Handler<Replay> for WsSession {
         }
         for f in self.held.take().unwrap_or_default() {
             // History ids and live ids come from the same stream: compare them.
-            if r.last_id.is_empty() || flowcast_actors::store::id_after(&f.0.event_id, &r.last_id) {
+            if r.last_id.is_empty()
+                || flowcast_actors::store::history::id_after(&f.0.event_id, &r.last_id)
+            {
                 ctx.text(f.0.text.clone());
             }
         }

@@ -9,6 +9,7 @@ use flowcast_actors::metrics::Metrics;
 use flowcast_actors::runner::Runner;
 use flowcast_actors::subscriber::Subscriber;
 use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
 
 /// Limits on what clients may send.
 #[derive(Debug, Clone)]
@@ -69,8 +70,8 @@ pub struct AppState {
     pub subscriber: Option<Addr<Subscriber>>,
     /// The Subscriber's readiness.
     pub subscriber_ready: Option<Arc<AtomicBool>>,
-    /// True once a drain has begun: no new work is accepted.
-    pub draining: Arc<AtomicBool>,
+    /// Fired once a drain has begun: no new work is accepted.
+    pub shutdown: CancellationToken,
     /// Client limits.
     pub limits: Limits,
     /// WebSocket settings.

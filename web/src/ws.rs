@@ -14,6 +14,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use bytestring::ByteString;
+use flowcast_actors::event::EventBody;
 use flowcast_actors::fanout::{CloseSession, Filter, Frame, SessionHandle};
 use flowcast_actors::store;
 use flowcast_actors::subscriber::{Join, JoinError};
@@ -23,17 +24,6 @@ use crate::auth::{ws_user, Auth};
 use crate::error::ApiError;
 use crate::session::{Replay, WsSession};
 use crate::state::AppState;
-
-/// Event types a `types=` filter may name.
-pub const EVENT_TYPES: &[&str] = &[
-    "workflow_started",
-    "node_completed",
-    "node_failed",
-    "node_progress",
-    "workflow_completed",
-    "workflow_failed",
-    "workflow_cancelled",
-];
 
 /// History entries read per page while replaying.
 const REPLAY_PAGE: usize = 1000;
@@ -81,12 +71,15 @@ pub fn parse_query(qs: &str, auth: &Auth) -> Result<WsQuery, ApiError> {
             if list.is_empty() {
                 return Err(ApiError::bad_request("invalid_types", "types is empty"));
             }
-            if let Some(bad) = list.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {
+            if let Some(bad) = list
+                .iter()
+                .find(|t| !EventBody::TYPES.contains(&t.as_str()))
+            {
                 return Err(ApiError::bad_request(
                     "invalid_types",
                     format!(
                         "unknown event type {bad:?} in types; known: {}",
-                        EVENT_TYPES.join(",")
+                        EventBody::TYPES.join(",")
                     ),
                 ));
             }
@@ -106,7 +99,7 @@ pub fn parse_query(qs: &str, auth: &Auth) -> Result<WsQuery, ApiError> {
         None => None,
         Some(id) if id == "0" || id == "0-0" => Some("0-0".to_owned()),
         Some(id) => {
-            store::parse_id(id).ok_or_else(|| {
+            store::history::parse_id(id).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_last_event_id",
                     format!("last_event_id {id:?} is not an event id (like 1700000000000-0)"),
@@ -134,7 +127,7 @@ pub async fn ws_index(
             "this instance serves no WebSockets (role runner)",
         ));
     };
-    if st.draining.load(Ordering::SeqCst) {
+    if st.shutdown.is_cancelled() {
         return Err(ApiError::unavailable(
             "the server is shutting down; reconnect to another instance",
         ));
@@ -219,7 +212,7 @@ async fn replay(
     filter: &Filter,
 ) -> flowcast_actors::Result<Replay> {
     let mut frames = Vec::new();
-    if let Some(oldest) = store::history_gap(conn, user, after).await? {
+    if let Some(oldest) = store::history::gap(conn, user, after).await? {
         frames.push(ByteString::from(
             serde_json::json!({
                 "type": "replay_gap",
@@ -232,7 +225,7 @@ async fn replay(
     }
     let mut cursor = after.to_owned();
     loop {
-        let page = store::read_history(conn, user, &cursor, REPLAY_PAGE).await?;
+        let page = store::history::read(conn, user, &cursor, REPLAY_PAGE).await?;
         let n = page.len();
         for (id, text) in page {
             cursor = id;
