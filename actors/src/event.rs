@@ -68,8 +68,12 @@ pub enum EventBody {
         failed_node: String,
         /// Its error.
         error: String,
-        /// Nodes that were running and got cancelled.
+        /// Nodes that were running and got cancelled (the first of them,
+        /// when listing all would make the event too large).
         cancelled_nodes: Vec<String>,
+        /// How many cancelled nodes `cancelled_nodes` leaves out.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        cancelled_not_listed: usize,
         /// Always 0: every token is consumed.
         counter: u32,
     },
@@ -77,8 +81,12 @@ pub enum EventBody {
     WorkflowCancelled {
         /// The run.
         run_id: String,
-        /// Nodes that were running and got cancelled.
+        /// Nodes that were running and got cancelled (the first of them,
+        /// when listing all would make the event too large).
         cancelled_nodes: Vec<String>,
+        /// How many cancelled nodes `cancelled_nodes` leaves out.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        cancelled_not_listed: usize,
         /// Always 0: every token is consumed.
         counter: u32,
     },
@@ -110,6 +118,87 @@ impl EventBody {
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Longest error text in an event, as JSON (escapes included).
+pub const MAX_ERROR_BYTES: usize = 4096;
+/// Longest list of node ids in an event, as JSON.
+const MAX_NODE_LIST_BYTES: usize = 8192;
+/// No event is longer than this, as JSON: the limits above, a tag and the
+/// ids (at most 128 bytes each) leave room to spare.
+pub const MAX_EVENT_BYTES: usize = 16384;
+
+/// Bytes `c` takes inside a JSON string.
+fn json_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// `text` cut, at a character boundary, so that it takes at most
+/// [`MAX_ERROR_BYTES`] as a JSON string; a cut text says so at its end.
+pub fn cut_error(text: &str) -> String {
+    const MARK: &str = "... (cut)";
+    let mut used = 0;
+    for (i, c) in text.char_indices() {
+        used += json_len(c);
+        if used > MAX_ERROR_BYTES - MARK.len() {
+            let rest: usize = text[i..].chars().map(json_len).sum();
+            if used - json_len(c) + rest <= MAX_ERROR_BYTES {
+                return text.to_owned();
+            }
+            return format!("{}{MARK}", &text[..i]);
+        }
+    }
+    text.to_owned()
+}
+
+/// Keeps the first ids of `ids` that fit in [`MAX_NODE_LIST_BYTES`];
+/// returns how many were left out.
+fn cap_list(ids: &mut Vec<String>) -> usize {
+    let mut used = 2;
+    let keep = ids
+        .iter()
+        .take_while(|id| {
+            used += id.chars().map(json_len).sum::<usize>() + 3;
+            used <= MAX_NODE_LIST_BYTES
+        })
+        .count();
+    let dropped = ids.len() - keep;
+    ids.truncate(keep);
+    dropped
+}
+
+impl EventBody {
+    /// Applies the size limits: errors cut to [`MAX_ERROR_BYTES`], node
+    /// lists capped (with the count of those left out).
+    fn bounded(mut self) -> Self {
+        match &mut self {
+            Self::NodeFailed { error, .. } => *error = cut_error(error),
+            Self::WorkflowFailed {
+                error,
+                cancelled_nodes,
+                cancelled_not_listed,
+                ..
+            } => {
+                *error = cut_error(error);
+                *cancelled_not_listed += cap_list(cancelled_nodes);
+            }
+            Self::WorkflowCancelled {
+                cancelled_nodes,
+                cancelled_not_listed,
+                ..
+            } => *cancelled_not_listed += cap_list(cancelled_nodes),
+            _ => {}
+        }
+        self
+    }
+}
+
 /// An event with its envelope, as serialised before Redis adds `event_id`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
@@ -125,11 +214,12 @@ pub struct Event {
 }
 
 impl Event {
-    /// Stamps a body with the current time and its run sequence number.
+    /// Stamps a body with the current time and its run sequence number,
+    /// within the size limits ([`MAX_EVENT_BYTES`]).
     pub fn new(body: EventBody, seq: u64) -> Self {
         let ts_ms = now_ms();
         Self {
-            body,
+            body: body.bounded(),
             timestamp: ts_ms / 1000,
             seq,
             ts_ms,
@@ -236,11 +326,13 @@ mod tests {
                 failed_node: n,
                 error: "e".into(),
                 cancelled_nodes: vec![],
+                cancelled_not_listed: 0,
                 counter: 0,
             },
             EventBody::WorkflowCancelled {
                 run_id: r,
                 cancelled_nodes: vec![],
+                cancelled_not_listed: 0,
                 counter: 0,
             },
         ];
@@ -250,6 +342,37 @@ mod tests {
             let v: Value = serde_json::from_str(&Event::new(b.clone(), 1).to_json()).unwrap();
             assert_eq!(v["type"], b.kind());
         }
+    }
+
+    #[test]
+    fn no_event_is_over_the_limit_whatever_the_error_and_the_nodes() {
+        let long_id = "n".repeat(128);
+        for error in [
+            "x".repeat(2_000_000),
+            "\u{1}".repeat(100_000),
+            "\"é😀".repeat(100_000),
+        ] {
+            let body = EventBody::WorkflowFailed {
+                run_id: "r".repeat(36),
+                failed_node: long_id.clone(),
+                error: error.clone(),
+                cancelled_nodes: vec![long_id.clone(); 10_000],
+                cancelled_not_listed: 0,
+                counter: 0,
+            };
+            let json = Event::new(body, u64::MAX).to_json();
+            assert!(json.len() <= MAX_EVENT_BYTES - 100, "{}", json.len());
+            let v: Value = serde_json::from_str(&json).unwrap();
+            let listed = v["cancelled_nodes"].as_array().unwrap().len() as u64;
+            assert_eq!(listed + v["cancelled_not_listed"].as_u64().unwrap(), 10_000);
+            let cut = v["error"].as_str().unwrap();
+            assert!(cut.ends_with("... (cut)"), "{}", &cut[cut.len() - 20..]);
+            assert!(serde_json::to_string(cut).unwrap().len() <= MAX_ERROR_BYTES + 2);
+            assert!(error.starts_with(cut.trim_end_matches("... (cut)")));
+        }
+        assert_eq!(cut_error("short"), "short");
+        let exact = "y".repeat(MAX_ERROR_BYTES - 2);
+        assert_eq!(cut_error(&exact), exact);
     }
 
     #[test]

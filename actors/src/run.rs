@@ -269,7 +269,7 @@ impl RunActor {
         let node_id = spec.id.clone();
         let run_id = self.setup.run_id.clone();
         let mut c = self.commit();
-        self.setup.records[i].error = Some(e.message.clone());
+        self.setup.records[i].error = Some(crate::event::cut_error(&e.message));
         if will_retry {
             let wait = spec
                 .retry
@@ -317,6 +317,7 @@ impl RunActor {
                 failed_node: node_id,
                 error: e.message,
                 cancelled_nodes,
+                cancelled_not_listed: 0,
                 counter: 0,
             },
         );
@@ -435,6 +436,7 @@ impl Handler<Cancel> for RunActor {
             EventBody::WorkflowCancelled {
                 run_id,
                 cancelled_nodes,
+                cancelled_not_listed: 0,
                 counter: 0,
             },
         );
