@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use flowcast_actors::egress::EgressPolicy;
 
 /// flowcast: a workflow runtime that broadcasts every lifecycle event.
 #[derive(Debug, Parser)]
@@ -274,4 +275,12 @@ pub struct ServeConfig {
     /// HTTP worker threads per listener (default: one per core).
     #[arg(long, env = "FLOWCAST_WORKERS")]
     pub workers: Option<usize>,
+    /// Destinations `http` nodes may reach beyond public addresses,
+    /// comma-separated: CIDRs (10.0.0.0/8, ::1/128) and host:ports
+    /// (127.0.0.1:9000, [::1]:9000, svc.internal:8080).
+    #[arg(long, env = "FLOWCAST_HTTP_ALLOW")]
+    pub http_allow: Option<EgressPolicy>,
+    /// Largest node output, in bytes; http response bodies are read up to it.
+    #[arg(long, env = "FLOWCAST_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_output_bytes: usize,
 }

@@ -167,6 +167,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             instance_id,
             lease: Duration::from_millis(cfg.lease_ms.max(1000)),
             max_nodes: cfg.max_nodes,
+            egress: cfg.http_allow.clone().unwrap_or_default(),
+            max_output_bytes: cfg.max_output_bytes,
             ..RunnerConfig::default()
         };
         let r = Runner::new(rcfg, redis.clone(), reader, publisher, metrics.clone())

@@ -9,7 +9,8 @@
 //! - [`jq`]: jq filters (jaq) for `transform` and `http` nodes;
 //! - [`result`]: canonical JSON and `sha256:` result refs;
 //! - [`event`]: the event payloads (the seed's, plus flowcast's);
-//! - [`user`]: username validation.
+//! - [`user`]: username validation;
+//! - [`egress`]: where `http` nodes may connect (`--http-allow`).
 //!
 //! Redis:
 //! - [`store`]: key layout, the atomic commit script, reads of stored runs;
@@ -18,6 +19,7 @@
 //! Actors (runner half):
 //! - [`runner::Runner`]: consumes run requests, initialises runs, resumes orphans;
 //! - [`run::RunActor`]: one per run; executes nodes ([`node`]) and drives the counter;
+//!   `http` nodes go through [`http_node::HttpClient`], which enforces [`egress`];
 //! - [`publisher::Publisher`]: the single writer of state and events.
 //!
 //! Actors (fan-out half):
@@ -27,9 +29,11 @@
 //! [`metrics`] holds the Prometheus metrics every actor updates.
 
 pub mod counter;
+pub mod egress;
 pub mod error;
 pub mod event;
 pub mod fanout;
+pub mod http_node;
 pub mod jq;
 pub mod metrics;
 pub mod node;

@@ -29,8 +29,10 @@ use redis::AsyncCommands;
 use serde_json::Value;
 
 use crate::counter::{NodeStatus, RunState};
+use crate::egress::EgressPolicy;
 use crate::error::Result;
 use crate::event::{now_ms, Event, EventBody};
+use crate::http_node::HttpClient;
 use crate::metrics::Metrics;
 use crate::publisher::{self, Outcome, Publisher};
 use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
@@ -48,6 +50,10 @@ pub struct RunnerConfig {
     pub max_nodes: usize,
     /// Requests read per XREADGROUP.
     pub read_batch: usize,
+    /// Where `http` nodes may connect (`--http-allow`).
+    pub egress: EgressPolicy,
+    /// Largest node output, in bytes; http response bodies are read up to it.
+    pub max_output_bytes: usize,
 }
 
 impl Default for RunnerConfig {
@@ -57,9 +63,14 @@ impl Default for RunnerConfig {
             lease: Duration::from_secs(15),
             max_nodes: crate::workflow::DEFAULT_MAX_NODES,
             read_batch: 256,
+            egress: EgressPolicy::default(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         }
     }
 }
+
+/// Default of [`RunnerConfig::max_output_bytes`] (`--max-output-bytes`).
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// How long XREADGROUP blocks waiting for requests.
 const READ_BLOCK: Duration = Duration::from_millis(1000);
@@ -99,7 +110,7 @@ pub struct Runner {
     publisher: Addr<Publisher>,
     metrics: Metrics,
     runs: HashMap<String, Addr<RunActor>>,
-    http: Rc<awc::Client>,
+    http: Rc<HttpClient>,
     /// Read our own pending entries (from `backlog_from`) before new ones (>).
     backlog_done: bool,
     /// Where the next read of our own pending entries starts.
@@ -124,6 +135,7 @@ impl Runner {
         publisher: Addr<Publisher>,
         metrics: Metrics,
     ) -> Self {
+        let http = Rc::new(HttpClient::new(cfg.egress.clone(), cfg.max_output_bytes));
         Self {
             cfg,
             conn,
@@ -131,7 +143,7 @@ impl Runner {
             publisher,
             metrics,
             runs: HashMap::new(),
-            http: Rc::new(http_client()),
+            http,
             backlog_done: false,
             backlog_from: "0".into(),
             initialising: HashSet::new(),
@@ -796,9 +808,4 @@ fn stream_id_age(id: &str) -> Duration {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     Duration::from_millis(now_ms().saturating_sub(ms))
-}
-
-/// The HTTP client of `http` nodes.
-fn http_client() -> awc::Client {
-    awc::Client::builder().disable_timeout().finish()
 }
