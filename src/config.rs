@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use flowcast_actors::runner::RunnerConfig;
+use flowcast_actors::egress::EgressPolicy;
+use flowcast_actors::runner::{RunnerConfig, DEFAULT_MAX_OUTPUT_BYTES};
 use flowcast_actors::{publisher, subscriber};
 use flowcast_web::{Limits, WsConfig};
 
@@ -140,6 +141,14 @@ pub struct ServeConfig {
     /// HTTP worker threads per listener (default: one per core).
     #[arg(long, env = "FLOWCAST_WORKERS")]
     pub workers: Option<usize>,
+    /// Destinations `http` nodes may reach beyond public addresses,
+    /// comma-separated: CIDRs (10.0.0.0/8, ::1/128) and host:ports
+    /// (127.0.0.1:9000, [::1]:9000, svc.internal:8080).
+    #[arg(long, env = "FLOWCAST_HTTP_ALLOW")]
+    pub http_allow: Option<EgressPolicy>,
+    /// Largest node output, in bytes; http response bodies are read up to it.
+    #[arg(long, env = "FLOWCAST_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
+    pub max_output_bytes: usize,
 }
 
 impl ServeConfig {
@@ -188,6 +197,8 @@ impl From<&ServeConfig> for RunnerConfig {
             instance_id: c.instance_id(),
             lease: Duration::from_millis(c.lease_ms.max(1000)),
             max_nodes: c.max_nodes,
+            egress: c.http_allow.clone().unwrap_or_default(),
+            max_output_bytes: c.max_output_bytes,
             ..Self::default()
         }
     }

@@ -5,6 +5,7 @@
 mod support;
 
 mod auth;
+mod egress;
 mod errors;
 mod fanout;
 mod recovery;

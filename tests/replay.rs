@@ -294,7 +294,7 @@ async fn test_server() -> (String, Arc<AtomicUsize>, actix_web::dev::ServerHandl
 async fn http_node_retries_5xx_and_succeeds_on_attempt_three() {
     let (base, hits, srv) = test_server().await;
     let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let d = Daemon::start(&redis, &["--http-allow", "127.0.0.1/32"]);
     register(
         &d,
         &json!({"tag": "flaky", "nodes": [
@@ -339,7 +339,7 @@ async fn http_node_retries_5xx_and_succeeds_on_attempt_three() {
 async fn http_timeouts_and_4xx_fail_the_run() {
     let (base, _, srv) = test_server().await;
     let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let d = Daemon::start(&redis, &["--http-allow", "127.0.0.1/32"]);
     register(
         &d,
         &json!({"tag": "slow-http", "nodes": [

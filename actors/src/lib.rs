@@ -9,7 +9,8 @@
 //! - [`jq`]: jq filters (jaq) for `transform` and `http` nodes;
 //! - [`result`]: canonical JSON and `sha256:` result refs;
 //! - [`event`]: the event payloads (the seed's, plus flowcast's);
-//! - [`user`]: username validation.
+//! - [`user`]: username validation;
+//! - [`egress`]: where `http` nodes may connect (`--http-allow`).
 //!
 //! Redis:
 //! - [`store`]: the only code that speaks to Redis: key layout, Lua scripts,
@@ -20,6 +21,7 @@
 //! Actors (runner half):
 //! - [`runner::Runner`]: consumes run requests, initialises runs, resumes orphans;
 //! - [`run::RunActor`]: one per run; executes nodes ([`node`]) and drives the counter;
+//!   `http` nodes go through [`http_node::HttpClient`], which enforces [`egress`];
 //! - [`publisher::Publisher`]: the single writer of state and events.
 //!
 //! Actors (fan-out half):
@@ -30,9 +32,11 @@
 
 pub mod backoff;
 pub mod counter;
+pub mod egress;
 pub mod error;
 pub mod event;
 pub mod fanout;
+pub mod http_node;
 pub mod jq;
 pub mod metrics;
 pub mod node;

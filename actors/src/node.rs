@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::http_node::{self, HttpClient};
 use crate::jq;
 use crate::workflow::{HttpSpec, NodeKind, NodeSpec};
 
@@ -18,8 +19,6 @@ use crate::workflow::{HttpSpec, NodeKind, NodeSpec};
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of a `transform` attempt when the node sets no `timeout_ms`.
 pub const DEFAULT_TRANSFORM_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest HTTP response body accepted as a node output.
-const MAX_HTTP_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// jq programs running at once. Each runs on a blocking thread, so a filter
 /// that never ends costs one slot, never the actors' thread.
 const JQ_SLOTS: usize = 32;
@@ -57,14 +56,14 @@ pub struct NodeError {
 }
 
 impl NodeError {
-    fn fatal(message: impl Into<String>) -> Self {
+    pub(crate) fn fatal(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             retryable: false,
         }
     }
 
-    fn retryable(message: impl Into<String>) -> Self {
+    pub(crate) fn retryable(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             retryable: true,
@@ -78,11 +77,7 @@ impl NodeError {
 }
 
 /// Runs one attempt of `node` on `input` (`{inputs, nodes}`).
-pub async fn execute(
-    node: &NodeSpec,
-    input: Value,
-    http: &awc::Client,
-) -> Result<Value, NodeError> {
+pub async fn execute(node: &NodeSpec, input: Value, http: &HttpClient) -> Result<Value, NodeError> {
     match &node.kind {
         NodeKind::Transform { filter } => run_jq(filter, input).await,
         NodeKind::Delay { ms } => {
@@ -98,10 +93,12 @@ pub async fn execute(
     }
 }
 
+/// Evaluates an http node's URL and body filters, then sends the request
+/// through the egress-checked client.
 async fn http_request(
     spec: &HttpSpec,
     input: &Value,
-    http: &awc::Client,
+    http: &HttpClient,
     timeout: Duration,
 ) -> Result<Value, NodeError> {
     let url = match (&spec.url, &spec.url_filter) {
@@ -116,40 +113,15 @@ async fn http_request(
         },
         (None, None) => return Err(NodeError::fatal("no url")),
     };
-    let method = awc::http::Method::from_bytes(spec.method.as_bytes())
-        .map_err(|_| NodeError::fatal(format!("bad method {}", spec.method)))?;
-    let mut req = http.request(method, &url).timeout(timeout);
-    for (k, v) in &spec.headers {
-        req = req.insert_header((k.as_str(), v.as_str()));
-    }
-    let sent = match &spec.body {
-        Some(f) => {
-            let body = run_jq(f, input.clone()).await?;
-            req.send_json(&body).await
-        }
-        None => req.send().await,
+    let body = match &spec.body {
+        Some(f) => Some(run_jq(f, input.clone()).await?),
+        None => None,
     };
-    let mut resp = sent.map_err(|e| match e {
-        awc::error::SendRequestError::Timeout => NodeError::timeout(timeout),
-        e => NodeError::retryable(format!("{} {url}: {e}", spec.method)),
-    })?;
-    let status = resp.status();
-    let body =
-        resp.body().limit(MAX_HTTP_BODY_BYTES).await.map_err(|e| {
-            NodeError::retryable(format!("{} {url}: reading body: {e}", spec.method))
-        })?;
-    if status.is_server_error() {
-        return Err(NodeError::retryable(format!(
-            "{} {url} answered {status}",
-            spec.method
-        )));
-    }
-    if !status.is_success() {
-        return Err(NodeError::fatal(format!(
-            "{} {url} answered {status}",
-            spec.method
-        )));
-    }
-    Ok(serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())))
+    let req = http_node::Request {
+        method: &spec.method,
+        url: &url,
+        headers: &spec.headers,
+        body: body.as_ref(),
+    };
+    http.send(req, timeout).await
 }

@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 
 use crate::counter::{NodeStatus, RunState, RunStatus};
 use crate::event::{Event, EventBody};
+use crate::http_node::HttpClient;
 use crate::metrics::Metrics;
 use crate::node::{self, NodeError};
 use crate::publisher::{self, Publisher};
@@ -79,7 +80,7 @@ pub struct RunActor {
     setup: RunSetup,
     publisher: Addr<Publisher>,
     runner: Recipient<RunStopped>,
-    http: Rc<awc::Client>,
+    http: Rc<HttpClient>,
     metrics: Metrics,
     running: HashMap<usize, SpawnHandle>,
     /// Commits handed to the Publisher and not yet answered.
@@ -92,7 +93,7 @@ impl RunActor {
         setup: RunSetup,
         publisher: Addr<Publisher>,
         runner: Recipient<RunStopped>,
-        http: Rc<awc::Client>,
+        http: Rc<HttpClient>,
         metrics: Metrics,
     ) -> Self {
         Self {

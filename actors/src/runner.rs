@@ -29,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::counter::{NodeStatus, RunState, RunStatus};
+use crate::egress::EgressPolicy;
 use crate::error::Result;
 use crate::event::{Event, EventBody};
+use crate::http_node::HttpClient;
 use crate::metrics::Metrics;
 use crate::publisher::{self, Publisher};
 use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
@@ -49,6 +51,10 @@ pub struct RunnerConfig {
     pub max_nodes: usize,
     /// Requests read per XREADGROUP.
     pub read_batch: usize,
+    /// Where `http` nodes may connect (`--http-allow`).
+    pub egress: EgressPolicy,
+    /// Largest node output, in bytes; http response bodies are read up to it.
+    pub max_output_bytes: usize,
 }
 
 impl Default for RunnerConfig {
@@ -58,9 +64,14 @@ impl Default for RunnerConfig {
             lease: Duration::from_secs(15),
             max_nodes: crate::workflow::DEFAULT_MAX_NODES,
             read_batch: 256,
+            egress: EgressPolicy::default(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         }
     }
 }
+
+/// Default of [`RunnerConfig::max_output_bytes`] (`--max-output-bytes`).
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// How long a read blocks waiting for requests.
 const READ_BLOCK: Duration = Duration::from_millis(1000);
@@ -102,7 +113,7 @@ pub struct Runner {
     publisher: Addr<Publisher>,
     metrics: Metrics,
     runs: HashMap<String, Addr<RunActor>>,
-    http: Rc<awc::Client>,
+    http: Rc<HttpClient>,
     /// Read our own pending entries (from `backlog_from`) before new ones (>).
     backlog_done: bool,
     /// Where the next read of our own pending entries starts.
@@ -129,6 +140,7 @@ impl Runner {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
+        let http = Rc::new(HttpClient::new(cfg.egress.clone(), cfg.max_output_bytes));
         Self {
             cfg,
             conn,
@@ -136,7 +148,7 @@ impl Runner {
             publisher,
             metrics,
             runs: HashMap::new(),
-            http: Rc::new(http_client()),
+            http,
             backlog_done: false,
             backlog_from: "0".into(),
             initialising: HashSet::new(),
@@ -668,9 +680,4 @@ impl Handler<LetGo> for Runner {
             }
         })
     }
-}
-
-/// The HTTP client of `http` nodes.
-fn http_client() -> awc::Client {
-    awc::Client::builder().disable_timeout().finish()
 }
