@@ -35,8 +35,7 @@ async fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>)
 
 #[actix_rt::test]
 async fn rest_needs_a_valid_token_and_the_subject_is_the_user() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--auth", "jwt", "--jwt-secret", SECRET]);
+    let (_redis, d) = start(&["--auth", "jwt", "--jwt-secret", SECRET]).await;
     let runs = format!("{}/api/v1/runs", d.api);
     let body = r#"{"tag": "flight-search", "inputs": {"city": "NYC"}}"#;
 
@@ -82,8 +81,7 @@ async fn rest_needs_a_valid_token_and_the_subject_is_the_user() {
 
 #[actix_rt::test]
 async fn websocket_takes_the_token_and_refuses_a_mismatching_username() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--auth", "jwt", "--jwt-secret", SECRET]);
+    let (_redis, d) = start(&["--auth", "jwt", "--jwt-secret", SECRET]).await;
     let alice = token("alice", SECRET, 600);
 
     for (query, status) in [

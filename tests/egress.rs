@@ -181,8 +181,7 @@ fn assert_failed_without_retry(view: &Value, events: &[Value]) {
 #[actix_rt::test]
 async fn loopback_is_refused_by_default_and_never_connected_to() {
     let srv = Server::start(|_| Answer::json(json!({"secret": true}))).await;
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let port = srv.port;
 
     let (view, events) = run_node(&d, "ip", json!({"url": srv.url("/")})).await;
@@ -246,11 +245,7 @@ async fn cidr_allow_opens_loopback_with_hops_limits_and_retries() {
         },
     })
     .await;
-    let redis = Redis::start();
-    let d = Daemon::start(
-        &redis,
-        &["--http-allow", "127.0.0.1/32", "--max-output-bytes", "1000"],
-    );
+    let (_redis, d) = start(&["--http-allow", "127.0.0.1/32", "--max-output-bytes", "1000"]).await;
 
     let (view, _) = run_node(&d, "ok", json!({"url": srv.url("/ok")})).await;
     assert_eq!(view["status"], "completed", "{view}");
@@ -326,9 +321,8 @@ async fn host_port_allow_opens_one_port_and_redirects_are_checked_per_hop() {
         _ => Answer::json(json!({"open": true})),
     })
     .await;
-    let redis = Redis::start();
     let allow = format!("127.0.0.1:{}", open.port);
-    let d = Daemon::start(&redis, &["--http-allow", &allow]);
+    let (_redis, d) = start(&["--http-allow", &allow]).await;
 
     let (view, _) = run_node(&d, "open", json!({"url": open.url("/")})).await;
     assert_eq!(view["status"], "completed", "{view}");

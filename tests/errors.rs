@@ -2,14 +2,14 @@
 //! whose message names the field or thing at fault, and none of them is a
 //! 500 or a panic in the daemon.
 
+use flowcast_actors::store::keys;
 use serde_json::{json, Value};
 
 use crate::support::*;
 
 #[actix_rt::test]
 async fn the_user_header_is_required_and_validated() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     let runs = format!("{}/api/v1/runs", d.api);
     let body = json!({"tag": "flight-search", "inputs": {"city": "NYC"}}).to_string();
 
@@ -36,20 +36,20 @@ async fn the_user_header_is_required_and_validated() {
         (b"bob smith", &["X-User-ID", "U+0020"]),
     ];
     for (user, mentions) in cases {
-        let r = raw_request("POST", &runs, &[user], Some(&body)).await;
+        let r = request_as_users("POST", &runs, &[user], Some(&body)).await;
         assert_error(&r, 400, mentions);
-        let r = raw_request("GET", &runs, &[user], None).await;
+        let r = request_as_users("GET", &runs, &[user], None).await;
         assert_error(&r, 400, mentions);
     }
     // Two identities: which one a gateway set is unknowable, so neither.
-    let r = raw_request("POST", &runs, &[b"alice", b"mallory"], Some(&body)).await;
+    let r = request_as_users("POST", &runs, &[b"alice", b"mallory"], Some(&body)).await;
     assert_error(&r, 400, &["X-User-ID", "more than once"]);
     // 128 bytes is still fine.
     let r = get(&runs, Some(&"x".repeat(128))).await;
     assert_eq!(r.status, 200, "{}", r.text);
 
     // The seed's bob@example.com is a valid name, with its own channel.
-    let mut sub = Sub::new(&redis, "workflow:events:bob@example.com").await;
+    let mut sub = Sub::new(&redis, &keys::channel("bob@example.com")).await;
     let id = start_run(
         &d,
         "bob@example.com",
@@ -68,8 +68,7 @@ async fn the_user_header_is_required_and_validated() {
 
 #[actix_rt::test]
 async fn bad_run_requests_name_the_field() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let runs = format!("{}/api/v1/runs", d.api);
     let exec = format!("{}/api/v1/workflows/flight-search/execute", d.api);
     let u = Some("alice");
@@ -139,8 +138,7 @@ async fn bad_run_requests_name_the_field() {
 
 #[actix_rt::test]
 async fn a_body_over_the_limit_is_413() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--max-body-bytes", "1024"]);
+    let (_redis, d) = start(&["--max-body-bytes", "1024"]).await;
     let u = Some("alice");
     let big = "x".repeat(2048);
     let r = post(
@@ -178,8 +176,7 @@ async fn a_body_over_the_limit_is_413() {
 
 #[actix_rt::test]
 async fn invalid_workflows_are_422_naming_the_node() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--max-nodes", "5"]);
+    let (_redis, d) = start(&["--max-nodes", "5"]).await;
     let delay =
         |id: &str, deps: &[&str]| json!({"id": id, "kind": "delay", "ms": 0, "depends_on": deps});
     let cases: Vec<(&str, Value, Vec<&str>)> = vec![
@@ -294,8 +291,7 @@ async fn invalid_workflows_are_422_naming_the_node() {
 
 #[actix_rt::test]
 async fn bad_paths_are_400_and_unknown_routes_404() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let u = Some("alice");
     for path in ["/api/v1/runs/not-a-uuid", "/api/v1/runs/not-a-uuid/events"] {
         let r = get(&format!("{}{path}", d.api), u).await;
@@ -348,12 +344,7 @@ fn assert_error(r: &Resp, status: u16, mentions: &[&str]) {
 }
 
 /// Like `support::request` but with raw `X-User-ID` values, one header each.
-async fn raw_request(method: &str, url: &str, users: &[&[u8]], body: Option<&str>) -> Resp {
+async fn request_as_users(method: &str, url: &str, users: &[&[u8]], body: Option<&str>) -> Resp {
     let headers: Vec<(&str, &[u8])> = users.iter().map(|u| ("X-User-ID", *u)).collect();
     request_with_headers(method, url, &headers, body).await
-}
-
-fn assert_no_panic(d: &Daemon) {
-    let log = d.log_text();
-    assert!(!log.contains("panicked"), "daemon log:\n{log}");
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,8 +23,7 @@ use crate::support::*;
 
 #[actix_rt::test]
 async fn each_user_sees_only_their_own_runs_and_every_socket_gets_everything() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     let users = ["alice", "bob", "bob@example.com"];
     let mut a1 = ws_connect(&d, "/ws?username=alice").await;
     let mut a2 = ws_connect(&d, "/ws?username=alice").await;
@@ -84,7 +83,7 @@ async fn each_user_sees_only_their_own_runs_and_every_socket_gets_everything() {
         ws.close(None).await.unwrap();
     }
     drop((a1, a2));
-    wait_until("alice's channel unsubscribed", || {
+    wait_until("alice's channel unsubscribed", T, || {
         numsub(&redis, "alice") == 0
     })
     .await;
@@ -96,8 +95,7 @@ async fn each_user_sees_only_their_own_runs_and_every_socket_gets_everything() {
 
 #[actix_rt::test]
 async fn users_joining_at_once_are_all_subscribed_once_ready() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     let users: Vec<String> = (0..24).map(|i| format!("crowd-{i}")).collect();
     let paths: Vec<String> = users.iter().map(|u| format!("/ws?username={u}")).collect();
     let mut socks = futures_util::future::join_all(paths.iter().map(|p| ws_connect(&d, p))).await;
@@ -121,8 +119,7 @@ async fn users_joining_at_once_are_all_subscribed_once_ready() {
 
 #[actix_rt::test]
 async fn types_and_run_id_filters_are_applied_server_side() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     register(
         &d,
         &json!({"tag": "hold", "nodes": [{"id": "wait", "kind": "delay", "ms": 3_600_000}]}),
@@ -221,9 +218,8 @@ async fn a_slow_socket_is_closed_with_4008_and_never_slows_the_others() {
     // ~2 KB each: 40 MB, far more than the loopback socket buffers hold.
     const MIN_EVENTS: u64 = 20_000;
     const MAX_EVENTS: u64 = 200_000;
-    let redis = Redis::start();
     let queue = QUEUE.to_string();
-    let d = Daemon::start(&redis, &["--max-queue-msgs", &queue]);
+    let (redis, d) = start(&["--max-queue-msgs", &queue]).await;
     let user = "slowpoke";
     let mut a = ws_connect(&d, &format!("/ws?username={user}")).await;
     let mut b = ws_connect(&d, &format!("/ws?username={user}")).await;
@@ -307,11 +303,7 @@ async fn a_slow_socket_is_closed_with_4008_and_never_slows_the_others() {
 /// kernel's TCP user timeout aborts the connection.
 #[actix_rt::test]
 async fn a_peer_that_never_reads_again_is_cut_and_cleaned_up() {
-    let redis = Redis::start();
-    let d = Daemon::start(
-        &redis,
-        &["--max-queue-msgs", "16", "--tcp-user-timeout-ms", "1500"],
-    );
+    let (redis, d) = start(&["--max-queue-msgs", "16", "--tcp-user-timeout-ms", "1500"]).await;
     let user = "stuck";
     // Connected, then never polled again.
     let _stuck = ws_connect(&d, &format!("/ws?username={user}")).await;
@@ -350,14 +342,16 @@ async fn a_peer_that_never_reads_again_is_cut_and_cleaned_up() {
         );
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_until("the channel is unsubscribed", || numsub(&redis, user) == 0).await;
+    wait_until("the channel is unsubscribed", T, || {
+        numsub(&redis, user) == 0
+    })
+    .await;
     assert_no_panic(&d);
 }
 
 #[actix_rt::test]
 async fn the_shared_subscription_stays_up_and_loses_nothing_while_idle() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     let mut ws = ws_connect(&d, "/ws?username=steady").await;
     wait_ready(&d).await;
     let conn_before = pubsub_client_ids(&redis);
@@ -396,8 +390,7 @@ async fn the_shared_subscription_stays_up_and_loses_nothing_while_idle() {
 
 #[actix_rt::test]
 async fn sessions_survive_a_redis_restart() {
-    let mut redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (mut redis, d) = start(&[]).await;
     let mut w1 = ws_connect(&d, "/ws?username=dora").await;
     let mut w2 = ws_connect(&d, "/ws?username=erin").await;
     wait_ready(&d).await;
@@ -438,15 +431,7 @@ async fn sessions_survive_a_redis_restart() {
     let mut late = ws_connect(&d, "/ws?username=fynn").await;
 
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = get(&format!("{}/readyz", d.http_base()), None).await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready again: {}", r.text);
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready_within(&d, Duration::from_secs(60)).await;
 
     // The same sockets get new events.
     let mut pubc = publisher(&redis).await;
@@ -498,8 +483,7 @@ async fn a_fanout_only_daemon_streams_runs_of_a_runner_only_daemon() {
 
 #[actix_rt::test]
 async fn bad_requests_get_an_http_error_before_the_upgrade() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let long = "u".repeat(129);
     let cases: [(&str, &str); 9] = [
         ("/ws", "missing_username"),
@@ -548,8 +532,7 @@ async fn bad_requests_get_an_http_error_before_the_upgrade() {
 
 #[actix_rt::test]
 async fn unexpected_frames_get_close_codes_and_ping_gets_pong() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
 
     let mut ws = ws_connect(&d, "/ws?username=frames").await;
     ws_send(&mut ws, Message::text(r#"{"type":"ping"}"#)).await;
@@ -603,7 +586,7 @@ async fn unexpected_frames_get_close_codes_and_ping_gets_pong() {
     // Every one of those sessions is gone.
     wait_metric(&d, "flowcast_ws_sessions", 0.0).await;
     wait_metric(&d, "flowcast_ws_users", 0.0).await;
-    wait_until("frames's channel unsubscribed", || {
+    wait_until("frames's channel unsubscribed", T, || {
         numsub(&redis, "frames") == 0
     })
     .await;
@@ -612,8 +595,7 @@ async fn unexpected_frames_get_close_codes_and_ping_gets_pong() {
 
 #[actix_rt::test]
 async fn sessions_per_user_are_limited_with_429() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--max-sessions-per-user", "2"]);
+    let (redis, d) = start(&["--max-sessions-per-user", "2"]).await;
     let mut s1 = ws_connect(&d, "/ws?username=greedy").await;
     let mut s2 = ws_connect(&d, "/ws?username=greedy").await;
     let url = format!("{}/ws?username=greedy", d.ws);
@@ -668,16 +650,13 @@ async fn sessions_per_user_are_limited_with_429() {
 
 #[actix_rt::test]
 async fn heartbeat_keeps_live_clients_and_drops_dead_peers() {
-    let redis = Redis::start();
-    let d = Daemon::start(
-        &redis,
-        &[
-            "--heartbeat-interval-ms",
-            "200",
-            "--client-timeout-ms",
-            "300",
-        ],
-    );
+    let (redis, d) = start(&[
+        "--heartbeat-interval-ms",
+        "200",
+        "--client-timeout-ms",
+        "300",
+    ])
+    .await;
     let mut ws = ws_connect(&d, "/ws?username=beat").await;
     wait_ready(&d).await;
     // Keep polling (tungstenite answers the server's pings) for > 2 s.
@@ -727,8 +706,7 @@ async fn heartbeat_keeps_live_clients_and_drops_dead_peers() {
 
 #[actix_rt::test]
 async fn sigterm_closes_sessions_with_1001_and_exits_0() {
-    let redis = Redis::start();
-    let mut d = Daemon::start(&redis, &[]);
+    let (_redis, mut d) = start(&[]).await;
     let mut w1 = ws_connect(&d, "/ws?username=zed").await;
     let mut w2 = ws_connect(&d, "/ws?username=zed").await;
     let mut w3 = ws_connect(&d, "/ws?username=yan&types=workflow_completed").await;
@@ -771,234 +749,4 @@ fn assert_run_events(ev: &[Value], run: &str) {
 /// A synthetic event that names `tag`.
 fn sentinel(tag: &str) -> Value {
     json!({"type": "workflow_completed", "run_id": format!("sentinel-{tag}"), "counter": 0, "seq": 1})
-}
-
-/// Expects a close frame with `code` (events before it are skipped).
-async fn assert_closed_with(ws: &mut Ws, code: u16) {
-    loop {
-        match ws_next(ws, T).await {
-            WsEvent::Event(_) => continue,
-            WsEvent::Closed(Some((c, reason))) => {
-                assert_eq!(c, code, "close reason {reason:?}");
-                return;
-            }
-            other => panic!("expected a close with {code}, got {other:?}"),
-        }
-    }
-}
-
-fn assert_no_panic(d: &Daemon) {
-    let log = d.log_text();
-    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
-}
-
-/// An async connection for PUBLISH.
-async fn publisher(redis: &Redis) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Publishes `event` on `user`'s channel.
-async fn publish(conn: &mut redis::aio::MultiplexedConnection, user: &str, event: &Value) {
-    redis::cmd("PUBLISH")
-        .arg(format!("workflow:events:{user}"))
-        .arg(event.to_string())
-        .query_async::<i64>(conn)
-        .await
-        .unwrap();
-}
-
-/// Publishes `n` padded `node_completed` events in one pipeline, numbering
-/// them on from `seq`.
-async fn publish_padded(
-    conn: &mut redis::aio::MultiplexedConnection,
-    user: &str,
-    run_id: &str,
-    seq: &mut u64,
-    n: u64,
-    pad: &str,
-) {
-    let mut pipe = redis::pipe();
-    for _ in 0..n {
-        *seq += 1;
-        let e = json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad});
-        pipe.cmd("PUBLISH")
-            .arg(format!("workflow:events:{user}"))
-            .arg(e.to_string())
-            .ignore();
-    }
-    pipe.query_async::<()>(conn).await.unwrap();
-}
-
-/// Subscribers of `user`'s channel.
-fn numsub(redis: &Redis, user: &str) -> i64 {
-    let v: (String, i64) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(format!("workflow:events:{user}"))
-        .query(&mut redis.conn())
-        .unwrap();
-    v.1
-}
-
-/// Connections in PubSub mode serving WebSockets: all of them but the
-/// runners' control listeners (subscribed to `flowcast:control`).
-fn pubsub_clients(redis: &Redis) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut redis.conn())
-        .unwrap();
-    let control: (String, usize) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg("flowcast:control")
-        .query(&mut redis.conn())
-        .unwrap();
-    list.lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('P')))
-        })
-        .count()
-        - control.1
-}
-
-/// Ids of the connections in PubSub mode.
-fn pubsub_client_ids(redis: &Redis) -> Vec<String> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut redis.conn())
-        .unwrap();
-    list.lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('P')))
-        })
-        .filter_map(|l| {
-            l.split(' ')
-                .find_map(|f| f.strip_prefix("id="))
-                .map(String::from)
-        })
-        .collect()
-}
-
-/// Polls a condition until it holds (generous deadline).
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + T;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The `/metrics` text.
-async fn metrics(d: &Daemon) -> String {
-    let r = get(&format!("{}/metrics", d.http_base()), None).await;
-    assert_eq!(r.status, 200);
-    r.text
-}
-
-/// Polls `/metrics` until the unlabelled metric `name` has the value `want`.
-async fn wait_metric(d: &Daemon, name: &str, want: f64) {
-    let deadline = Instant::now() + T;
-    loop {
-        let m = metrics(d).await;
-        if metric(&m, name) == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never became {want}:\n{m}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The value of an unlabelled metric.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (n, v) = l.split_once(' ')?;
-        (n == name).then(|| v.trim().parse().ok()).flatten()
-    })
-}
-
-/// The value of a metric with one label whose value is `label`.
-fn metric_labeled(text: &str, name: &str, label: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (n, v) = l.rsplit_once(' ')?;
-        let rest = n.strip_prefix(name)?.strip_prefix('{')?;
-        rest.contains(&format!("=\"{label}\""))
-            .then(|| v.trim().parse().ok())
-            .flatten()
-    })
-}
-
-/// Sends a WebSocket upgrade request (or a plain GET) by hand and returns the
-/// status and the JSON body of an error answer.
-async fn raw_ws_request(d: &Daemon, path_and_query: &str, upgrade: bool) -> (u16, Value) {
-    let (status, mut tcp, head, mut body) = raw_request(d, path_and_query, upgrade).await;
-    if status == 101 {
-        return (status, Value::Null);
-    }
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())
-                .flatten()
-        })
-        .unwrap_or_else(|| panic!("no content-length in {head}"));
-    while body.len() < len {
-        let mut buf = [0u8; 4096];
-        let n = actix_rt::time::timeout(T, tcp.read(&mut buf))
-            .await
-            .expect("body timed out")
-            .unwrap();
-        assert!(n > 0, "connection closed mid-body");
-        body.extend_from_slice(&buf[..n]);
-    }
-    let body = serde_json::from_slice(&body[..len])
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-    (status, body)
-}
-
-async fn raw_request(
-    d: &Daemon,
-    path_and_query: &str,
-    upgrade: bool,
-) -> (u16, tokio::net::TcpStream, String, Vec<u8>) {
-    let host = d.ws.trim_start_matches("ws://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let mut req = format!("GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\n");
-    if upgrade {
-        req.push_str(
-            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-        );
-    }
-    req.push_str("\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut data = Vec::new();
-    let end = loop {
-        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let mut buf = [0u8; 4096];
-        let n = actix_rt::time::timeout(T, tcp.read(&mut buf))
-            .await
-            .expect("response timed out")
-            .unwrap();
-        assert!(n > 0, "connection closed before the response head");
-        data.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&data[..end]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head}"));
-    let rest = data[end + 4..].to_vec();
-    (status, tcp, head, rest)
 }

@@ -7,10 +7,11 @@
 //! No timing thresholds: every wait is a generous deadline on a condition.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use flowcast_actors::store::keys;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -48,14 +49,13 @@ async fn kill9_mid_flight_other_instance_takes_over_after_lease_expiry() {
 async fn kill9_mid_flight(first: &[&str], second: &[&str]) {
     const NODES: usize = 5;
     const RUNS: usize = 60;
-    let redis = Redis::start();
+    let (redis, mut d) = start(first).await;
     let mut conn = redis.conn();
-    let mut d = Daemon::start(&redis, first);
     register(&d, &chain("chain5", NODES, 150)).await;
     let ids = start_runs(&d, "chain5", RUNS).await;
 
     // Some nodes have completed, and not every run has.
-    wait_for("a node_completed with runs unfinished", FINISH, || {
+    wait_until("a node_completed with runs unfinished", FINISH, || {
         let (nodes_done, runs_done) = progress(&mut conn, &ids);
         nodes_done > 0 && runs_done < RUNS
     })
@@ -77,20 +77,19 @@ async fn kill9_mid_flight(first: &[&str], second: &[&str]) {
         assert_chain_history(id, &ev, NODES);
     }
     assert_clean(&mut conn, &ids);
-    assert_no_panic(&first_log);
-    assert_no_panic(&d.log_text());
+    assert_no_panic_in(&first_log);
+    assert_no_panic(&d);
 }
 
 #[actix_rt::test]
 async fn a_frozen_runner_that_wakes_after_a_takeover_changes_nothing() {
     const NODES: usize = 5;
     const RUNS: usize = 30;
-    let redis = Redis::start();
+    let (redis, mut a) = start(&["--instance-id", "runner-a", "--lease-ms", "2000"]).await;
     let mut conn = redis.conn();
-    let mut a = Daemon::start(&redis, &["--instance-id", "runner-a", "--lease-ms", "2000"]);
     register(&a, &chain("chain5", NODES, 150)).await;
     let ids = start_runs(&a, "chain5", RUNS).await;
-    wait_for("a node_completed with runs unfinished", FINISH, || {
+    wait_until("a node_completed with runs unfinished", FINISH, || {
         let (nodes_done, runs_done) = progress(&mut conn, &ids);
         nodes_done > 0 && runs_done < RUNS
     })
@@ -104,23 +103,21 @@ async fn a_frozen_runner_that_wakes_after_a_takeover_changes_nothing() {
     // It wakes with stale run actors whose nodes all finish now; it must
     // let go of every run without writing anything.
     a.signal("-CONT");
-    let metrics = format!("{}/metrics", a.api);
-    wait_for_async("the woken runner let go of its runs", FINISH, || {
-        let url = metrics.clone();
-        async move {
-            let m = parse_prometheus(&get(&url, None).await.text);
-            m.value("flowcast_live_runs", &[]) == 0.0
-        }
-    })
+    let woken = &a;
+    wait_until_async(
+        "the woken runner let go of its runs",
+        FINISH,
+        || async move { scrape(woken).await.value("flowcast_live_runs", &[]) == 0.0 },
+    )
     .await;
     for id in &ids {
         let ev = run_events(&b, USER, id).await;
         assert_chain_history(id, &ev, NODES);
     }
     assert_clean(&mut conn, &ids);
-    assert!(alive(&mut a));
-    assert_no_panic(&a.log_text());
-    assert_no_panic(&b.log_text());
+    assert!(a.alive());
+    assert_no_panic(&a);
+    assert_no_panic(&b);
 }
 
 // ---------------------------------------------------------------------------
@@ -144,9 +141,8 @@ async fn pending_requests_of_a_dead_runner_are_claimed_by_another_instance() {
 async fn pending_requests_taken_over(dead: &str, second: &[&str]) {
     const NODES: usize = 3;
     const RUNS: usize = 50;
-    let redis = Redis::start();
+    let (redis, mut d) = start(&["--instance-id", dead, "--lease-ms", "2000"]).await;
     let mut conn = redis.conn();
-    let mut d = Daemon::start(&redis, &["--instance-id", dead, "--lease-ms", "2000"]);
     register(&d, &chain("chain3", NODES, 50)).await;
     // Some runs the runner takes up normally (it dies in the middle of them).
     let mut ids = start_runs(&d, "chain3", RUNS).await;
@@ -158,19 +154,12 @@ async fn pending_requests_taken_over(dead: &str, second: &[&str]) {
         .arg("-xreadgroup")
         .query(&mut conn)
         .unwrap();
-    let log = d.log.clone();
-    let failed_reads = |log: &std::sync::Mutex<Vec<String>>| {
-        log.lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("reading run requests failed"))
-            .count()
-    };
-    let before = failed_reads(&log);
+    let failed_reads = "reading run requests failed";
+    let before = d.log_count(failed_reads);
     // A read refused after the change: no read issued before it is still
     // blocked waiting for entries.
-    wait_for("the runner's reads refused", FINISH, || {
-        failed_reads(&log) > before
+    wait_until("the runner's reads refused", FINISH, || {
+        d.log_count(failed_reads) > before
     })
     .await;
     let late = start_runs(&d, "chain3", RUNS).await;
@@ -188,21 +177,21 @@ async fn pending_requests_taken_over(dead: &str, second: &[&str]) {
     // its consumer's pending list, which nobody will ever acknowledge.
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg("runners")
+        .arg(keys::GROUP)
         .arg(dead)
         .arg("COUNT")
         .arg(10_000)
         .arg("STREAMS")
-        .arg("flowcast:runs:requests")
+        .arg(keys::REQUESTS)
         .arg(">")
         .query(&mut conn)
         .unwrap();
     for id in &late {
-        assert_eq!(status(&mut conn, id), "queued", "run {id}");
+        assert_eq!(run_status(&mut conn, id), "queued", "run {id}");
     }
     let queued = ids
         .iter()
-        .filter(|id| status(&mut conn, id) == "queued")
+        .filter(|id| run_status(&mut conn, id) == "queued")
         .count();
     let pending = pending_count(&mut conn);
     assert!(
@@ -217,12 +206,12 @@ async fn pending_requests_taken_over(dead: &str, second: &[&str]) {
         assert_chain_history(id, &ev, NODES);
     }
     // Every request was acknowledged by the commit that initialised its run.
-    wait_for("no pending run requests", FINISH, || {
+    wait_until("no pending run requests", FINISH, || {
         pending_count(&mut conn) == 0
     })
     .await;
     assert_clean(&mut conn, &ids);
-    assert_no_panic(&d.log_text());
+    assert_no_panic(&d);
 }
 
 // ---------------------------------------------------------------------------
@@ -232,10 +221,8 @@ async fn pending_requests_taken_over(dead: &str, second: &[&str]) {
 #[actix_rt::test]
 async fn redis_restart_loses_no_accepted_run_and_answers_503_meanwhile() {
     const NODES: usize = 3;
-    let mut redis = Redis::start();
-    let mut d = Daemon::start(&redis, &[]);
+    let (mut redis, mut d) = start(&[]).await;
     register(&d, &chain("chain3", NODES, 100)).await;
-    wait_ready(&d).await;
 
     // A client that keeps starting runs throughout, remembering what it was told.
     let stop = Rc::new(RefCell::new(false));
@@ -255,7 +242,7 @@ async fn redis_restart_loses_no_accepted_run_and_answers_503_meanwhile() {
             }
         })
     };
-    wait_for_async("runs accepted before the outage", FINISH, || {
+    wait_until_async("runs accepted before the outage", FINISH, || {
         let n = accepted(&answers.borrow()).len();
         async move { n >= 10 }
     })
@@ -265,7 +252,7 @@ async fn redis_restart_loses_no_accepted_run_and_answers_503_meanwhile() {
     // During the outage: not ready, and a run request is refused with a JSON
     // error, never accepted.
     let readyz = format!("{}/readyz", d.api);
-    wait_for_async("/readyz 503 during the outage", FINISH, || {
+    wait_until_async("/readyz 503 during the outage", FINISH, || {
         let url = readyz.clone();
         async move { get(&url, None).await.status == 503 }
     })
@@ -285,26 +272,22 @@ async fn redis_restart_loses_no_accepted_run_and_answers_503_meanwhile() {
         );
     }
     let during = answers.borrow().len();
-    wait_for_async("the client saw the outage", FINISH, || {
+    wait_until_async("the client saw the outage", FINISH, || {
         let seen = answers.borrow()[during..].iter().any(|(s, _)| *s == 503);
         async move { seen }
     })
     .await;
     // Hold the outage longer than the Redis timeouts and the retry backoffs.
     actix_rt::time::sleep(Duration::from_secs(5)).await;
-    assert!(alive(&mut d), "daemon died during the outage");
+    assert!(d.alive(), "daemon died during the outage");
     // Metrics still served, and they show the failing Redis calls.
-    let m = parse_prometheus(&get(&format!("{}/metrics", d.api), None).await.text);
+    let m = scrape(&d).await;
     assert!(m.value("flowcast_redis_errors_total", &[("component", "runner")]) > 0.0);
 
     redis.restart();
-    wait_for_async("/readyz 200 after the outage", FINISH, || {
-        let url = readyz.clone();
-        async move { get(&url, None).await.status == 200 }
-    })
-    .await;
+    wait_ready_within(&d, FINISH).await;
     let after = answers.borrow().len();
-    wait_for_async("runs accepted after the outage", FINISH, || {
+    wait_until_async("runs accepted after the outage", FINISH, || {
         let n = accepted(&answers.borrow()[after..]).len();
         async move { n >= 5 }
     })
@@ -325,9 +308,9 @@ async fn redis_restart_loses_no_accepted_run_and_answers_503_meanwhile() {
         let ev = run_events(&d, USER, id).await;
         assert_chain_history(id, &ev, NODES);
     }
-    assert!(alive(&mut d), "daemon died");
+    assert!(d.alive(), "daemon died");
     assert_eq!(get(&format!("{}/healthz", d.api), None).await.status, 200);
-    assert_no_panic(&d.log_text());
+    assert_no_panic(&d);
 }
 
 // ---------------------------------------------------------------------------
@@ -336,19 +319,15 @@ async fn redis_restart_loses_no_accepted_run_and_answers_503_meanwhile() {
 
 #[actix_rt::test]
 async fn sigterm_drains_exits_0_and_the_next_start_finishes_the_rest() {
-    let redis = Redis::start();
+    let (redis, mut d) = start(&["--instance-id", "runner-a", "--drain-grace-ms", "5000"]).await;
     let mut conn = redis.conn();
-    let mut d = Daemon::start(
-        &redis,
-        &["--instance-id", "runner-a", "--drain-grace-ms", "5000"],
-    );
     // Short runs finish within the grace; long ones (4 × 2 s) cannot.
     register(&d, &chain("short", 2, 100)).await;
     register(&d, &chain("long", 4, 2000)).await;
     let mut short = start_runs(&d, "short", 20).await;
     let long = start_runs(&d, "long", 20).await;
     let all: Vec<String> = short.iter().chain(&long).cloned().collect();
-    wait_for("work under way", FINISH, || progress(&mut conn, &all).0 > 0).await;
+    wait_until("work under way", FINISH, || progress(&mut conn, &all).0 > 0).await;
 
     d.signal("-TERM");
     // Draining: run requests are refused with a JSON error (any accepted
@@ -376,33 +355,29 @@ async fn sigterm_drains_exits_0_and_the_next_start_finishes_the_rest() {
     let exit = exit.unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{log}"));
     assert!(exit.success(), "exit status {exit:?}; log:\n{log}");
     // The last lines may still be on their way through the pipe.
-    let lines = d.log.clone();
-    wait_for("the drain's last log line", FINISH, || {
-        lines.lock().unwrap().iter().any(|l| l.contains("drained"))
-    })
-    .await;
-    assert_no_panic(&d.log_text());
+    wait_until("the drain's last log line", FINISH, || d.logged("drained")).await;
+    assert_no_panic(&d);
     drop(d);
 
     // What did not finish is durable and let go of: no lease is left behind.
     let unfinished: Vec<&String> = all
         .iter()
-        .filter(|id| !is_terminal(&status(&mut conn, id)))
+        .filter(|id| !is_terminal(&run_status(&mut conn, id)))
         .collect();
     assert!(
         !unfinished.is_empty(),
         "the long runs cannot finish within the grace"
     );
     for id in &unfinished {
-        let owner: Option<String> = redis::cmd("GET")
-            .arg(format!("flowcast:run:{id}:owner"))
-            .query(&mut conn)
-            .unwrap();
-        assert_eq!(owner, None, "run {id} still leased after the drain");
+        assert_eq!(
+            run_owner(&mut conn, id),
+            None,
+            "run {id} still leased after the drain"
+        );
     }
     // The drain flushed everything it published: stored state and events agree.
     for id in &all {
-        let (st, seq, events) = stored(&mut conn, id);
+        let (st, seq, events) = run_stored(&mut conn, id);
         assert_eq!(seq, events, "run {id} ({st}): seq and stored events differ");
     }
 
@@ -420,16 +395,13 @@ async fn sigterm_drains_exits_0_and_the_next_start_finishes_the_rest() {
 
 #[actix_rt::test]
 async fn sigterm_with_redis_down_still_exits_0_within_the_grace() {
-    let mut redis = Redis::start();
+    let (mut redis, mut d) =
+        start(&["--instance-id", "runner-a", "--drain-grace-ms", "3000"]).await;
     let mut conn = redis.conn();
-    let mut d = Daemon::start(
-        &redis,
-        &["--instance-id", "runner-a", "--drain-grace-ms", "3000"],
-    );
     register(&d, &chain("chain3", 3, 300)).await;
     let ids = start_runs(&d, "chain3", 10).await;
-    wait_for("runs started", FINISH, || {
-        ids.iter().all(|id| status(&mut conn, id) == "running")
+    wait_until("runs started", FINISH, || {
+        ids.iter().all(|id| run_status(&mut conn, id) == "running")
     })
     .await;
     drop(conn);
@@ -441,7 +413,7 @@ async fn sigterm_with_redis_down_still_exits_0_within_the_grace() {
     let log = d.log_text();
     let exit = exit.unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{log}"));
     assert!(exit.success(), "exit status {exit:?}; log:\n{log}");
-    assert_no_panic(&log);
+    assert_no_panic_in(&log);
     drop(d);
 
     redis.restart();
@@ -455,24 +427,16 @@ async fn sigterm_with_redis_down_still_exits_0_within_the_grace() {
 
 #[actix_rt::test]
 async fn second_signal_exits_at_once_and_nothing_is_lost() {
-    let redis = Redis::start();
+    let (redis, mut d) = start(&["--instance-id", "runner-a", "--drain-grace-ms", "60000"]).await;
     let mut conn = redis.conn();
-    let mut d = Daemon::start(
-        &redis,
-        &["--instance-id", "runner-a", "--drain-grace-ms", "60000"],
-    );
     register(&d, &chain("long", 3, 1500)).await;
     let ids = start_runs(&d, "long", 10).await;
-    wait_for("runs started", FINISH, || {
-        ids.iter().all(|id| status(&mut conn, id) == "running")
+    wait_until("runs started", FINISH, || {
+        ids.iter().all(|id| run_status(&mut conn, id) == "running")
     })
     .await;
     d.signal("-TERM");
-    let log = d.log.clone();
-    wait_for("the drain began", FINISH, || {
-        log.lock().unwrap().iter().any(|l| l.contains("draining"))
-    })
-    .await;
+    wait_until("the drain began", FINISH, || d.logged("draining")).await;
     d.signal("-TERM");
     // Far less than the 60 s grace the first signal allowed.
     let exit = d
@@ -505,7 +469,7 @@ async fn a_taken_port_fails_start_up_with_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("cannot bind {addr}")), "{err}");
-    assert_no_panic(&err);
+    assert_no_panic_in(&err);
 }
 
 // ---------------------------------------------------------------------------
@@ -516,11 +480,9 @@ async fn a_taken_port_fails_start_up_with_a_clear_error_not_a_panic() {
 async fn metrics_are_prometheus_text_and_count_the_work() {
     const NODES: usize = 3;
     const RUNS: usize = 5;
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     register(&d, &chain("chain3", NODES, 20)).await;
-    let url = format!("{}/metrics", d.api);
-    let before = parse_prometheus(&get(&url, None).await.text);
+    let before = scrape(&d).await;
 
     let ids = start_runs(&d, "chain3", RUNS).await;
     wait_all(&d, &ids, FINISH).await;
@@ -542,7 +504,7 @@ async fn metrics_are_prometheus_text_and_count_the_work() {
     // counted the replies: wait for the counters to settle, then compare.
     let deadline = Instant::now() + FINISH;
     let after = loop {
-        let m = parse_prometheus(&get(&url, None).await.text);
+        let m = scrape(&d).await;
         let settled = want.iter().all(|((name, labels), n)| {
             m.value(name, labels) - before.value(name, labels) >= *n as f64
         });
@@ -677,82 +639,6 @@ fn assert_chain_history(run_id: &str, ev: &[Value], nodes: usize) {
     );
 }
 
-/// Finished runs leave nothing behind: not active, no lease.
-fn assert_clean(conn: &mut redis::Connection, ids: &[String]) {
-    let active: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("flowcast:runs:active")
-        .query(conn)
-        .unwrap();
-    assert!(active.is_empty(), "runs still active: {active:?}");
-    for id in ids {
-        let owner: Option<String> = redis::cmd("GET")
-            .arg(format!("flowcast:run:{id}:owner"))
-            .query(conn)
-            .unwrap();
-        assert_eq!(owner, None, "finished run {id} still leased");
-    }
-}
-
-fn assert_no_panic(log: &str) {
-    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
-}
-
-fn is_terminal(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled")
-}
-
-fn status(conn: &mut redis::Connection, id: &str) -> String {
-    let s: Option<String> = redis::cmd("HGET")
-        .arg(format!("flowcast:run:{id}"))
-        .arg("status")
-        .query(conn)
-        .unwrap();
-    s.unwrap_or_default()
-}
-
-/// (status, stored seq, stored events) of a run.
-fn stored(conn: &mut redis::Connection, id: &str) -> (String, u64, u64) {
-    let (st, seq, n): (Option<String>, Option<u64>, u64) = redis::pipe()
-        .hget(format!("flowcast:run:{id}"), "status")
-        .hget(format!("flowcast:run:{id}"), "seq")
-        .llen(format!("flowcast:run:{id}:events"))
-        .query(conn)
-        .unwrap();
-    (st.unwrap_or_default(), seq.unwrap_or(0), n)
-}
-
-/// (node_completed events, finished runs) over `ids`, read from Redis.
-fn progress(conn: &mut redis::Connection, ids: &[String]) -> (usize, usize) {
-    let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.lrange(format!("flowcast:run:{id}:events"), 0, -1);
-    }
-    let lists: Vec<Vec<String>> = pipe.query(conn).unwrap();
-    let mut nodes = 0;
-    let mut runs = 0;
-    for l in lists {
-        nodes += l
-            .iter()
-            .filter(|e| e.contains("\"type\":\"node_completed\""))
-            .count();
-        runs += l
-            .iter()
-            .filter(|e| e.contains("\"type\":\"workflow_completed\""))
-            .count();
-    }
-    (nodes, runs)
-}
-
-/// Run requests delivered to some runner and not acknowledged.
-fn pending_count(conn: &mut redis::Connection) -> usize {
-    let v: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg("flowcast:runs:requests")
-        .arg("runners")
-        .query(conn)
-        .unwrap();
-    redis::from_redis_value(v[0].clone()).unwrap()
-}
-
 /// The run ids of the accepted (202) answers.
 fn accepted(answers: &[(u16, Value)]) -> Vec<String> {
     answers
@@ -760,197 +646,4 @@ fn accepted(answers: &[(u16, Value)]) -> Vec<String> {
         .filter(|(s, _)| *s == 202)
         .map(|(_, b)| b["run_id"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn alive(d: &mut Daemon) -> bool {
-    d.wait_exit(Duration::from_millis(50)).is_none()
-}
-
-/// Polls a condition until it holds; panics at the deadline.
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_for_async<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A parsed Prometheus text exposition.
-#[derive(Default, Debug)]
-struct Metrics {
-    /// family → type
-    types: HashMap<String, String>,
-    /// (name, sorted labels) → value
-    samples: HashMap<(String, Vec<(String, String)>), f64>,
-}
-
-impl Metrics {
-    /// A sample's value; 0 when absent (a counter not yet incremented).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut l: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        l.sort();
-        self.samples
-            .get(&(name.to_owned(), l))
-            .copied()
-            .unwrap_or(0.0)
-    }
-}
-
-fn is_metric_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_' || ch == ':')
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
-}
-
-fn is_label_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-}
-
-/// Parses Prometheus text format 0.0.4 strictly, panicking on any malformed
-/// line: `# HELP name text`, `# TYPE name type`, other comments, and samples
-/// `name{label="value",...} value [timestamp]`.
-fn parse_prometheus(text: &str) -> Metrics {
-    let mut m = Metrics::default();
-    let mut helped = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let bad = |why: &str| -> ! { panic!("/metrics line {}: {why}: {line:?}", n + 1) };
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix('#') {
-            let rest = rest.trim_start();
-            if let Some(h) = rest.strip_prefix("HELP ") {
-                let name = h.split(' ').next().unwrap_or("");
-                if !is_metric_name(name) {
-                    bad("HELP of a bad name");
-                }
-                if helped.insert(name.to_owned(), ()).is_some() {
-                    bad("second HELP");
-                }
-            } else if let Some(t) = rest.strip_prefix("TYPE ") {
-                let parts: Vec<&str> = t.split(' ').collect();
-                if parts.len() != 2 || !is_metric_name(parts[0]) {
-                    bad("malformed TYPE");
-                }
-                if !matches!(
-                    parts[1],
-                    "counter" | "gauge" | "histogram" | "summary" | "untyped"
-                ) {
-                    bad("unknown type");
-                }
-                if m.types
-                    .insert(parts[0].to_owned(), parts[1].to_owned())
-                    .is_some()
-                {
-                    bad("second TYPE");
-                }
-            }
-            continue;
-        }
-        // name
-        let name_end = line.find(['{', ' ']).unwrap_or_else(|| bad("no value"));
-        let name = &line[..name_end];
-        if !is_metric_name(name) {
-            bad("bad metric name");
-        }
-        let mut rest = &line[name_end..];
-        let mut labels = Vec::new();
-        if let Some(r) = rest.strip_prefix('{') {
-            let mut r = r;
-            loop {
-                if let Some(after) = r.strip_prefix('}') {
-                    r = after;
-                    break;
-                }
-                let eq = r.find('=').unwrap_or_else(|| bad("label without ="));
-                let key = &r[..eq];
-                if !is_label_name(key) {
-                    bad("bad label name");
-                }
-                let v = r[eq + 1..]
-                    .strip_prefix('"')
-                    .unwrap_or_else(|| bad("unquoted label value"));
-                let mut value = String::new();
-                let mut chars = v.char_indices();
-                let end = loop {
-                    match chars.next() {
-                        Some((i, '"')) => break i,
-                        Some((_, '\\')) => match chars.next() {
-                            Some((_, 'n')) => value.push('\n'),
-                            Some((_, '\\')) => value.push('\\'),
-                            Some((_, '"')) => value.push('"'),
-                            _ => bad("bad escape in label value"),
-                        },
-                        Some((_, c)) => value.push(c),
-                        None => bad("unterminated label value"),
-                    }
-                };
-                labels.push((key.to_owned(), value));
-                r = &v[end + 1..];
-                if let Some(after) = r.strip_prefix(',') {
-                    r = after;
-                } else if !r.starts_with('}') {
-                    bad("labels not separated by ,");
-                }
-            }
-            rest = r;
-        }
-        let fields: Vec<&str> = rest
-            .strip_prefix(' ')
-            .unwrap_or_else(|| bad("no space before the value"))
-            .split(' ')
-            .collect();
-        if fields.is_empty() || fields.len() > 2 {
-            bad("expected a value and an optional timestamp");
-        }
-        let value = match fields[0] {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => f64::NAN,
-            v => v
-                .parse::<f64>()
-                .unwrap_or_else(|_| bad("value is not a float")),
-        };
-        if fields.len() == 2 && fields[1].parse::<i64>().is_err() {
-            bad("timestamp is not an integer");
-        }
-        // Every sample belongs to a declared family.
-        let family = [name, "_bucket", "_sum", "_count"]
-            .iter()
-            .skip(1)
-            .find_map(|s| name.strip_suffix(s))
-            .filter(|f| {
-                matches!(
-                    m.types.get(*f).map(String::as_str),
-                    Some("histogram" | "summary")
-                )
-            })
-            .unwrap_or(name);
-        if !m.types.contains_key(family) {
-            bad("sample without a TYPE line before it");
-        }
-        labels.sort();
-        if m.samples.insert((name.to_owned(), labels), value).is_some() {
-            bad("duplicate sample");
-        }
-    }
-    assert!(!m.samples.is_empty(), "/metrics has no samples:\n{text}");
-    m
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+use flowcast_actors::store::keys;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -48,8 +49,7 @@ fn chain(tag: &str, n: usize, ms: u64) -> Value {
 
 #[actix_rt::test]
 async fn reconnect_with_last_event_id_replays_missed_events_once() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let mut ws = ws_connect(&d, "/ws?username=carol").await;
     wait_ready(&d).await;
     start_run(&d, "carol", "flight-search", json!({"city": "Oslo"})).await;
@@ -84,8 +84,7 @@ async fn reconnect_with_last_event_id_replays_missed_events_once() {
 
 #[actix_rt::test]
 async fn reconnect_racing_a_publishing_run_has_no_gap_and_no_duplicate() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     register(&d, &chain("slow-chain", 30, 15)).await;
     for round in 0..3 {
         let user = format!("dave{round}");
@@ -122,8 +121,7 @@ async fn reconnect_racing_a_publishing_run_has_no_gap_and_no_duplicate() {
 
 #[actix_rt::test]
 async fn replay_from_before_the_retained_history_is_signalled() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--history-max", "6"]);
+    let (_redis, d) = start(&["--history-max", "6"]).await;
     let r1 = start_run(&d, "erin", "flight-search", json!({"city": "A"})).await;
     wait_run(&d, "erin", &r1, T).await;
     let first_id = run_events(&d, "erin", &r1).await[0]["event_id"]
@@ -147,8 +145,7 @@ async fn replay_from_before_the_retained_history_is_signalled() {
 
 #[actix_rt::test]
 async fn a_raising_transform_fails_the_run_once() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     register(
         &d,
         &json!({"tag": "boom", "nodes": [
@@ -158,7 +155,7 @@ async fn a_raising_transform_fails_the_run_once() {
         ]}),
     )
     .await;
-    let mut sub = Sub::new(&redis, "workflow:events:frank").await;
+    let mut sub = Sub::new(&redis, &keys::channel("frank")).await;
     let run = start_run(&d, "frank", "boom", json!({})).await;
     let ev = sub.take(4, T).await;
     let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -183,8 +180,7 @@ async fn a_raising_transform_fails_the_run_once() {
 
 #[actix_rt::test]
 async fn failure_cancels_running_siblings() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     register(
         &d,
         &json!({"tag": "sib", "nodes": [
@@ -211,10 +207,9 @@ async fn failure_cancels_running_siblings() {
 
 #[actix_rt::test]
 async fn cancel_mid_run_is_idempotent_and_a_finished_run_is_a_conflict() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     register(&d, &chain("long", 2, 60000)).await;
-    let mut sub = Sub::new(&redis, "workflow:events:hank").await;
+    let mut sub = Sub::new(&redis, &keys::channel("hank")).await;
     let run = start_run(&d, "hank", "long", json!({})).await;
     assert_eq!(sub.take(1, T).await[0]["type"], "workflow_started");
     let url = format!("{}/api/v1/runs/{run}/cancel", d.api);
@@ -293,8 +288,7 @@ async fn test_server() -> (String, Arc<AtomicUsize>, actix_web::dev::ServerHandl
 #[actix_rt::test]
 async fn http_node_retries_5xx_and_succeeds_on_attempt_three() {
     let (base, hits, srv) = test_server().await;
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--http-allow", "127.0.0.1/32"]);
+    let (_redis, d) = start(&["--http-allow", "127.0.0.1/32"]).await;
     register(
         &d,
         &json!({"tag": "flaky", "nodes": [
@@ -338,8 +332,7 @@ async fn http_node_retries_5xx_and_succeeds_on_attempt_three() {
 #[actix_rt::test]
 async fn http_timeouts_and_4xx_fail_the_run() {
     let (base, _, srv) = test_server().await;
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--http-allow", "127.0.0.1/32"]);
+    let (_redis, d) = start(&["--http-allow", "127.0.0.1/32"]).await;
     register(
         &d,
         &json!({"tag": "slow-http", "nodes": [
@@ -378,10 +371,9 @@ async fn http_timeouts_and_4xx_fail_the_run() {
 
 #[actix_rt::test]
 async fn cancel_through_an_instance_that_does_not_hold_the_run() {
-    let redis = Redis::start();
-    let a = Daemon::start(&redis, &["--instance-id", "runner-a"]);
+    let (redis, a) = start(&["--instance-id", "runner-a"]).await;
     register(&a, &chain("long-x", 2, 60000)).await;
-    let mut sub = Sub::new(&redis, "workflow:events:lena").await;
+    let mut sub = Sub::new(&redis, &keys::channel("lena")).await;
     let run = start_run(&a, "lena", "long-x", json!({})).await;
     assert_eq!(sub.take(1, T).await[0]["type"], "workflow_started");
     // A second instance, started after the run was taken by the first.

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use flowcast_actors::store::keys;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -23,10 +24,9 @@ fn diamond(tag: &str) -> Value {
 
 #[actix_rt::test]
 async fn diamond_counts_exactly_and_joins_both_parents() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     register(&d, &diamond("diamond")).await;
-    let mut sub = Sub::new(&redis, "workflow:events:dia").await;
+    let mut sub = Sub::new(&redis, &keys::channel("dia")).await;
 
     // A few runs at once: their events interleave on the channel, but each
     // run's own events must arrive in order.
@@ -109,8 +109,7 @@ async fn diamond_counts_exactly_and_joins_both_parents() {
 #[actix_rt::test]
 async fn wide_fan_out_and_fan_in_counts_every_node_once() {
     const WIDTH: usize = 200;
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     let mut nodes = vec![json!({"id": "entry", "kind": "transform", "filter": "{base: 1000}"})];
     for i in 0..WIDTH {
         let id = format!("m{i:03}");
@@ -126,7 +125,7 @@ async fn wide_fan_out_and_fan_in_counts_every_node_once() {
         "filter": "{parents: ([.nodes | keys[] | select(startswith(\"m\"))] | length), sum: ([.nodes[] | select(type == \"number\")] | add)}"}));
     register(&d, &json!({"tag": "wide", "nodes": nodes})).await;
 
-    let mut sub = Sub::new(&redis, "workflow:events:wide-user").await;
+    let mut sub = Sub::new(&redis, &keys::channel("wide-user")).await;
     let run_id = start_run(&d, "wide-user", "wide", json!({})).await;
     let n_events = 1 + (WIDTH + 2) + 1;
     let ev = sub.take(n_events, T).await;
@@ -185,11 +184,10 @@ async fn wide_fan_out_and_fan_in_counts_every_node_once() {
 async fn a_hundred_concurrent_runs_of_several_users_all_complete() {
     const RUNS: usize = 100;
     let users = ["u-ann", "u-ben", "u-cat", "u-dan", "bob@example.com"];
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     let mut subs = Vec::new();
     for u in users {
-        subs.push(Sub::new(&redis, &format!("workflow:events:{u}")).await);
+        subs.push(Sub::new(&redis, &keys::channel(u)).await);
     }
 
     let starts = (0..RUNS).map(|i| {
@@ -266,8 +264,7 @@ async fn a_hundred_concurrent_runs_of_several_users_all_complete() {
 
 #[actix_rt::test]
 async fn workflow_crud_execute_and_run_isolation() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let url = format!("{}/api/v1/workflows/crud", d.api);
     let v1 = json!({"tag": "crud", "nodes": [
         {"id": "only", "kind": "transform", "filter": ".inputs.n"}
@@ -399,8 +396,7 @@ async fn workflow_crud_execute_and_run_isolation() {
 #[actix_rt::test]
 async fn delay_node_waits_and_transforms_read_inputs() {
     const WAIT_MS: u64 = 100;
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     register(
         &d,
         &json!({"tag": "greet", "nodes": [
@@ -412,7 +408,7 @@ async fn delay_node_waits_and_transforms_read_inputs() {
         ]}),
     )
     .await;
-    let mut sub = Sub::new(&redis, "workflow:events:greeter").await;
+    let mut sub = Sub::new(&redis, &keys::channel("greeter")).await;
     let run_id = start_run(&d, "greeter", "greet", json!({"name": "bob", "age": 41})).await;
     let ev = sub.take(5, T).await;
     assert_eq!(
@@ -479,8 +475,7 @@ async fn delay_node_waits_and_transforms_read_inputs() {
 /// Regression: jq used to run on the actors' thread, so a runaway filter
 /// stalled every run, the Publisher and the API's Redis connection.
 async fn a_runaway_transform_times_out_without_stalling_other_runs() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     register(
         &d,
         &json!({"tag": "spin", "nodes": [
@@ -488,7 +483,7 @@ async fn a_runaway_transform_times_out_without_stalling_other_runs() {
         ]}),
     )
     .await;
-    let mut sub = Sub::new(&redis, "workflow:events:spinner").await;
+    let mut sub = Sub::new(&redis, &keys::channel("spinner")).await;
     let spin = start_run(&d, "spinner", "spin", json!({})).await;
     // Its node starts right after workflow_started is published.
     let started = sub.next(T).await.expect("workflow_started");
@@ -542,9 +537,4 @@ async fn result(d: &Daemon, user: &str, result_ref: &str) -> Value {
     .await;
     assert_eq!(r.status, 200, "{result_ref}: {}", r.text);
     r.body
-}
-
-fn assert_no_panic(d: &Daemon) {
-    let log = d.log_text();
-    assert!(!log.contains("panicked"), "daemon log:\n{log}");
 }

@@ -39,8 +39,7 @@ fn seed_curl_body() -> Value {
 
 #[actix_rt::test]
 async fn seed_curl_publishes_the_four_events_on_redis() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (redis, d) = start(&[]).await;
     let mut sub = Sub::new(&redis, "workflow:events:test-user").await;
     let r = post(
         &format!("{}/api/v1/runs", d.api),
@@ -88,8 +87,7 @@ async fn seed_curl_publishes_the_four_events_on_redis() {
 
 #[actix_rt::test]
 async fn seed_websocket_url_receives_the_four_events() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let mut ws = ws_connect(&d, "/ws?username=test-user").await;
     wait_ready(&d).await;
     let r = post(
@@ -124,8 +122,7 @@ async fn seed_javascript_snippet_prints_the_four_events() {
         eprintln!("SKIPPED: no Node.js with a built-in WebSocket on PATH");
         return;
     }
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let mut child = Command::new("node")
         .arg("--experimental-websocket")
         .arg("--no-warnings")
