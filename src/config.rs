@@ -25,6 +25,10 @@ pub enum Command {
     /// Measure a fan-out server or the runner (a load generator for loopback targets).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A sandboxed jq evaluator: the daemon starts these itself (requests
+    /// on stdin, replies on stdout).
+    #[command(hide = true)]
+    JqWorker,
 }
 
 /// `flowcast bench` subcommands.
@@ -248,6 +252,10 @@ pub struct ServeConfig {
     /// Most nodes per workflow.
     #[arg(long, env = "FLOWCAST_MAX_NODES", default_value_t = 10_000)]
     pub max_nodes: usize,
+    /// Largest node output (canonical JSON), in bytes: a node whose output
+    /// is larger fails.
+    #[arg(long, env = "FLOWCAST_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_output_bytes: usize,
     /// Most WebSocket sessions per user per process.
     #[arg(long, env = "FLOWCAST_MAX_SESSIONS_PER_USER", default_value_t = 10_000)]
     pub max_sessions_per_user: usize,

@@ -1,10 +1,13 @@
 //! The `flowcast` binary: parses the command line and hands over to the
-//! daemon (`serve`) or the load generator (`bench`). Everything else lives
-//! in the `flowcast-actors` and `flowcast-web` crates.
+//! daemon (`serve`), the load generator (`bench`) or, when the daemon starts
+//! one, a sandboxed jq evaluator (`jq-worker`, hidden). Everything else
+//! lives in the `flowcast-actors` and `flowcast-web` crates.
 
 mod bench;
 mod config;
 mod serve;
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -13,11 +16,21 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = config::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let init_logger = || {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init()
+    };
     match cli.command {
-        config::Command::Serve(cfg) => serve::run(*cfg),
-        config::Command::Bench(cmd) => bench::run(cmd),
+        // No logger: a worker has nothing to say (and its stderr is closed).
+        config::Command::JqWorker => Ok(flowcast_actors::jq::worker::main()),
+        config::Command::Serve(cfg) => {
+            init_logger();
+            serve::run(*cfg).map(|()| ExitCode::SUCCESS)
+        }
+        config::Command::Bench(cmd) => {
+            init_logger();
+            bench::run(cmd).map(|()| ExitCode::SUCCESS)
+        }
     }
 }

@@ -167,6 +167,10 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             instance_id,
             lease: Duration::from_millis(cfg.lease_ms.max(1000)),
             max_nodes: cfg.max_nodes,
+            max_output_bytes: cfg.max_output_bytes,
+            // Filters run in sandboxed children: `<this binary> jq-worker`.
+            jq_worker: flowcast_actors::jq::WorkerCommand::current_exe()
+                .context("cannot find this executable to start jq evaluators")?,
             ..RunnerConfig::default()
         };
         let r = Runner::new(rcfg, redis.clone(), reader, publisher, metrics.clone())

@@ -31,6 +31,7 @@ use serde_json::Value;
 use crate::counter::{NodeStatus, RunState};
 use crate::error::Result;
 use crate::event::{now_ms, Event, EventBody};
+use crate::jq;
 use crate::metrics::Metrics;
 use crate::publisher::{self, Outcome, Publisher};
 use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
@@ -48,6 +49,13 @@ pub struct RunnerConfig {
     pub max_nodes: usize,
     /// Requests read per XREADGROUP.
     pub read_batch: usize,
+    /// Largest node output (canonical JSON bytes); also the largest a
+    /// filter may return.
+    pub max_output_bytes: usize,
+    /// How to start a sandboxed jq evaluator (`flowcast jq-worker`).
+    pub jq_worker: jq::WorkerCommand,
+    /// jq evaluations at once.
+    pub jq_slots: usize,
 }
 
 impl Default for RunnerConfig {
@@ -57,10 +65,15 @@ impl Default for RunnerConfig {
             lease: Duration::from_secs(15),
             max_nodes: crate::workflow::DEFAULT_MAX_NODES,
             read_batch: 256,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            jq_worker: jq::WorkerCommand::default(),
+            jq_slots: jq::pool::DEFAULT_SLOTS,
         }
     }
 }
 
+/// Largest node output unless configured otherwise (1 MiB).
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// How long XREADGROUP blocks waiting for requests.
 const READ_BLOCK: Duration = Duration::from_millis(1000);
 /// Longest wait between retries of a failed read.
@@ -100,6 +113,8 @@ pub struct Runner {
     metrics: Metrics,
     runs: HashMap<String, Addr<RunActor>>,
     http: Rc<awc::Client>,
+    /// The sandboxed jq evaluators every run of this runner shares.
+    jq: jq::Pool,
     /// Read our own pending entries (from `backlog_from`) before new ones (>).
     backlog_done: bool,
     /// Where the next read of our own pending entries starts.
@@ -124,7 +139,13 @@ impl Runner {
         publisher: Addr<Publisher>,
         metrics: Metrics,
     ) -> Self {
+        let jq = jq::Pool::new(jq::PoolConfig {
+            command: cfg.jq_worker.clone(),
+            slots: cfg.jq_slots,
+            max_output_bytes: cfg.max_output_bytes,
+        });
         Self {
+            jq,
             cfg,
             conn,
             reader,
@@ -288,6 +309,8 @@ impl Runner {
             self.publisher.clone(),
             ctx.address().recipient(),
             self.http.clone(),
+            self.jq.clone(),
+            self.cfg.max_output_bytes,
             self.metrics.clone(),
         );
         self.runs.insert(run_id, actor.start());
