@@ -10,4 +10,5 @@ mod fanout;
 mod recovery;
 mod replay;
 mod runs;
+mod sandbox;
 mod seed;

@@ -55,8 +55,7 @@ impl NodeError {
         }
     }
 
-    /// A failure another attempt may not repeat.
-    pub fn retryable(message: impl Into<String>) -> Self {
+    fn retryable(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             retryable: true,

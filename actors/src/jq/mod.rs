@@ -4,10 +4,10 @@
 //! Filters are user code, so they are sandboxed (DESIGN.md, "User code is
 //! sandboxed") in three layers:
 //!
-//! 1. [`scan`]: before jaq sees a filter, its size and nesting are bounded
+//! 1. `scan`: before jaq sees a filter, its size and nesting are bounded
 //!    by an iterative scan, since jaq's parser, compiler and tree drops
 //!    recurse once per level;
-//! 2. [`engine`]: the language is jq without what reaches outside the
+//! 2. `engine`: the language is jq without what reaches outside the
 //!    filter (`env`, `$ENV`, `input`, `halt`, `debug`, ...); a filter using
 //!    one is refused at registration with a message naming it. Parsing and
 //!    compiling run on a thread with [`COMPILE_STACK_BYTES`] of stack, which
@@ -20,12 +20,12 @@
 //! run start (the stored workflow is revalidated). The daemon never runs a
 //! filter, so it keeps no compiled filters: it caches [`check`]'s verdicts
 //! by source text, shared by every thread. Compiled filters are cached where
-//! they run, in each worker ([`worker::FilterCache`]).
+//! they run, in each worker (`worker::FilterCache`).
 
 mod engine;
 pub mod pool;
 mod scan;
-pub mod wire;
+mod wire;
 pub mod worker;
 
 use std::collections::HashMap;

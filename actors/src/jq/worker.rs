@@ -7,7 +7,7 @@
 //! (`pool`): started with an empty environment (but for an allocator
 //! setting), `/` as its directory and stderr discarded, it first lowers its
 //! own limits (memory, no core dumps, a few open files, no file writes, CPU
-//! seconds as a backstop), then serves requests ([`wire`]) one at a time
+//! seconds as a backstop), then serves requests (`wire`) one at a time
 //! from stdin until stdin closes.
 //!
 //! A crash here (stack overflow, out of memory, abort) ends this process
@@ -143,7 +143,7 @@ fn cpu_secs() -> Option<u64> {
 /// worker has its own (workers share nothing), owned by its one evaluation
 /// thread, so jaq's non-`Send` values stay where they were made.
 #[derive(Default)]
-pub struct FilterCache {
+struct FilterCache {
     filters: HashMap<String, Rc<Filter>>,
 }
 
