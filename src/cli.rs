@@ -23,6 +23,10 @@ pub enum Command {
     /// Measure a fan-out server or the runner (a load generator for loopback targets).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A sandboxed jq evaluator: the daemon starts these itself (requests
+    /// on stdin, replies on stdout).
+    #[command(hide = true)]
+    JqWorker,
 }
 
 /// `flowcast bench` subcommands.

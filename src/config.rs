@@ -146,7 +146,8 @@ pub struct ServeConfig {
     /// (127.0.0.1:9000, [::1]:9000, svc.internal:8080).
     #[arg(long, env = "FLOWCAST_HTTP_ALLOW")]
     pub http_allow: Option<EgressPolicy>,
-    /// Largest node output, in bytes; http response bodies are read up to it.
+    /// Largest node output (canonical JSON), in bytes: a node whose output
+    /// is larger fails; http response bodies are read up to it.
     #[arg(long, env = "FLOWCAST_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: usize,
 }

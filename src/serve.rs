@@ -120,7 +120,10 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
             let (conn, m, max) = (redis.clone(), metrics.clone(), cfg.history_max);
             Supervisor::start(move |_| Publisher::new(conn, max, m))
         };
-        let rcfg = RunnerConfig::from(&cfg);
+        let mut rcfg = RunnerConfig::from(&cfg);
+        // Filters run in sandboxed children: `<this binary> jq-worker`.
+        rcfg.jq_worker = flowcast_actors::jq::WorkerCommand::current_exe()
+            .context("cannot find this executable to start jq evaluators")?;
         log::info!("runner instance {}", rcfg.instance_id);
         let r = Runner::new(
             rcfg,

@@ -12,4 +12,5 @@ mod limits;
 mod recovery;
 mod replay;
 mod runs;
+mod sandbox;
 mod seed;

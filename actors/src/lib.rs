@@ -6,7 +6,8 @@
 //! Pure logic, no I/O:
 //! - [`workflow`]: the workflow JSON model and its validation into a [`workflow::Dag`];
 //! - [`counter`]: the pending-node counter state machine;
-//! - [`jq`]: jq filters (jaq) for `transform` and `http` nodes;
+//! - [`jq`]: jq filters (jaq) for `transform` and `http` nodes: the
+//!   restricted language, its pre-parse limits and validation;
 //! - [`result`]: canonical JSON and `sha256:` result refs;
 //! - [`event`]: the event payloads (the seed's, plus flowcast's);
 //! - [`user`]: username validation;
@@ -17,6 +18,11 @@
 //!   commits, runs, history, requests, leases, workflows;
 //! - [`registry`]: the operator's catalogue of workflow files;
 //! - [`backoff`]: the retry policy of every loop that talks to Redis.
+//!
+//! Processes:
+//! - [`jq::pool`]: sandboxed evaluator processes the runner runs filters in,
+//!   killed at a node's deadline;
+//! - [`jq::worker`]: such a process's loop (`flowcast jq-worker`).
 //!
 //! Actors (runner half):
 //! - [`runner::Runner`]: consumes run requests, initialises runs, resumes orphans;

@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use crate::counter::{NodeStatus, RunState, RunStatus};
 use crate::event::{Event, EventBody};
 use crate::http_node::HttpClient;
+use crate::jq;
 use crate::metrics::Metrics;
 use crate::node::{self, NodeError};
 use crate::publisher::{self, Publisher};
@@ -81,6 +82,9 @@ pub struct RunActor {
     publisher: Addr<Publisher>,
     runner: Recipient<RunStopped>,
     http: Rc<HttpClient>,
+    jq: jq::Pool,
+    /// Largest node output (canonical JSON) accepted.
+    max_output_bytes: usize,
     metrics: Metrics,
     running: HashMap<usize, SpawnHandle>,
     /// Commits handed to the Publisher and not yet answered.
@@ -88,12 +92,15 @@ pub struct RunActor {
 }
 
 impl RunActor {
-    /// A run actor for `setup`.
+    /// A run actor for `setup`, running filters in `jq` and failing nodes
+    /// whose output is over `max_output_bytes`.
     pub fn new(
         setup: RunSetup,
         publisher: Addr<Publisher>,
         runner: Recipient<RunStopped>,
         http: Rc<HttpClient>,
+        jq: jq::Pool,
+        max_output_bytes: usize,
         metrics: Metrics,
     ) -> Self {
         Self {
@@ -101,6 +108,8 @@ impl RunActor {
             publisher,
             runner,
             http,
+            jq,
+            max_output_bytes,
             metrics,
             running: HashMap::new(),
             in_flight: 0,
@@ -170,6 +179,7 @@ impl RunActor {
             _ => self.input_for(i),
         };
         let http = self.http.clone();
+        let jq = self.jq.clone();
         let deadline = match (&spec.kind, spec.timeout_ms) {
             (_, Some(ms)) => Some(Duration::from_millis(ms)),
             (crate::workflow::NodeKind::Transform { .. }, None) => {
@@ -178,7 +188,7 @@ impl RunActor {
             _ => None,
         };
         let fut = async move {
-            let run = node::execute(&spec, input, &http);
+            let run = node::execute(&spec, input, &http, &jq);
             match deadline {
                 Some(d) => actix_rt::time::timeout(d, run)
                     .await
@@ -214,11 +224,19 @@ impl RunActor {
     }
 
     fn completed(&mut self, i: usize, out: Value, ctx: &mut Context<Self>) {
+        let (result_ref, bytes) = result::address(&out);
+        if bytes.len() > self.max_output_bytes {
+            let e = NodeError::fatal(format!(
+                "output is {} bytes, over the limit of {} bytes (--max-output-bytes)",
+                bytes.len(),
+                self.max_output_bytes
+            ));
+            return self.failed(i, e, ctx);
+        }
         let dag = self.setup.dag.clone();
         let Ok(step) = self.setup.state.complete(&dag, i) else {
             return; // cancelled meanwhile, or a duplicate: nothing changes
         };
-        let (result_ref, bytes) = result::address(&out);
         self.setup.outputs.insert(i, out);
         let mut c = self.commit();
         c.store_result(

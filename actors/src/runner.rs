@@ -33,6 +33,7 @@ use crate::egress::EgressPolicy;
 use crate::error::Result;
 use crate::event::{Event, EventBody};
 use crate::http_node::HttpClient;
+use crate::jq;
 use crate::metrics::Metrics;
 use crate::publisher::{self, Publisher};
 use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
@@ -53,8 +54,13 @@ pub struct RunnerConfig {
     pub read_batch: usize,
     /// Where `http` nodes may connect (`--http-allow`).
     pub egress: EgressPolicy,
-    /// Largest node output, in bytes; http response bodies are read up to it.
+    /// Largest node output (canonical JSON bytes); also the largest a
+    /// filter may return and the most of an http body that is read.
     pub max_output_bytes: usize,
+    /// How to start a sandboxed jq evaluator (`flowcast jq-worker`).
+    pub jq_worker: jq::WorkerCommand,
+    /// jq evaluations at once.
+    pub jq_slots: usize,
 }
 
 impl Default for RunnerConfig {
@@ -66,11 +72,13 @@ impl Default for RunnerConfig {
             read_batch: 256,
             egress: EgressPolicy::default(),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            jq_worker: jq::WorkerCommand::default(),
+            jq_slots: jq::pool::DEFAULT_SLOTS,
         }
     }
 }
 
-/// Default of [`RunnerConfig::max_output_bytes`] (`--max-output-bytes`).
+/// Largest node output unless configured otherwise (1 MiB).
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// How long a read blocks waiting for requests.
@@ -114,6 +122,8 @@ pub struct Runner {
     metrics: Metrics,
     runs: HashMap<String, Addr<RunActor>>,
     http: Rc<HttpClient>,
+    /// The sandboxed jq evaluators every run of this runner shares.
+    jq: jq::Pool,
     /// Read our own pending entries (from `backlog_from`) before new ones (>).
     backlog_done: bool,
     /// Where the next read of our own pending entries starts.
@@ -141,7 +151,13 @@ impl Runner {
         shutdown: CancellationToken,
     ) -> Self {
         let http = Rc::new(HttpClient::new(cfg.egress.clone(), cfg.max_output_bytes));
+        let jq = jq::Pool::new(jq::PoolConfig {
+            command: cfg.jq_worker.clone(),
+            slots: cfg.jq_slots,
+            max_output_bytes: cfg.max_output_bytes,
+        });
         Self {
+            jq,
             cfg,
             conn,
             reader,
@@ -286,6 +302,8 @@ impl Runner {
             self.publisher.clone(),
             ctx.address().recipient(),
             self.http.clone(),
+            self.jq.clone(),
+            self.cfg.max_output_bytes,
             self.metrics.clone(),
         );
         self.runs.insert(run_id, actor.start());
