@@ -165,14 +165,16 @@ pub async fn ws_index(
         .await
     {
         Ok(Ok(())) => {}
-        Ok(Err(JoinError::TooManySessions(n))) => return Err(ApiError::too_many(
-            "too_many_sessions",
-            format!(
+        Ok(Err(JoinError::TooManySessions(n))) => {
+            return Err(ApiError::too_many(
+                "too_many_sessions",
+                format!(
                 "user {:?} already has {n} sessions, the limit per user (--max-sessions-per-user)",
                 q.username
             ),
-            1,
-        )),
+                1,
+            ))
+        }
         Ok(Err(JoinError::ShuttingDown)) => {
             return Err(ApiError::unavailable(
                 "the server is shutting down; reconnect to another instance",
