@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use flowcast_actors::egress::EgressPolicy;
 use flowcast_actors::runner::{RunnerConfig, DEFAULT_MAX_OUTPUT_BYTES};
+use flowcast_actors::store::runs::RunQuota;
 use flowcast_actors::{publisher, subscriber};
 use flowcast_web::{Limits, WsConfig};
 
@@ -99,6 +100,22 @@ pub struct ServeConfig {
     /// Most nodes per workflow.
     #[arg(long, env = "FLOWCAST_MAX_NODES", default_value_t = Limits::default().max_nodes)]
     pub max_nodes: usize,
+    /// Most unfinished (queued + running) runs per user; more are refused with 429 `quota_exceeded`.
+    #[arg(
+        long,
+        env = "FLOWCAST_MAX_ACTIVE_RUNS_PER_USER",
+        default_value_t = RunQuota::default().max_active,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_active_runs_per_user: u64,
+    /// Runs a user may start per second (token bucket, bursts of twice that); faster is 429 `rate_limited`.
+    #[arg(
+        long,
+        env = "FLOWCAST_MAX_RUNS_PER_SEC_PER_USER",
+        default_value_t = RunQuota::default().per_sec,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_runs_per_sec_per_user: u64,
     /// Most WebSocket sessions per user per process.
     #[arg(
         long,
@@ -175,7 +192,17 @@ impl From<&ServeConfig> for Limits {
         Self {
             max_body_bytes: c.max_body_bytes,
             max_nodes: c.max_nodes,
+            run_quota: c.into(),
             ..Self::default()
+        }
+    }
+}
+
+impl From<&ServeConfig> for RunQuota {
+    fn from(c: &ServeConfig) -> Self {
+        Self {
+            max_active: c.max_active_runs_per_user,
+            per_sec: c.max_runs_per_sec_per_user,
         }
     }
 }

@@ -110,9 +110,13 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         if let Some(dir) = workflows_dir(&cfg)? {
             let dags = registry::read_dir(&dir, cfg.max_nodes)?;
             for dag in &dags {
-                workflows::put(&mut redis.clone(), dag).await?;
+                workflows::put_shared(&mut redis.clone(), dag).await?;
             }
-            log::info!("registered {} workflows from {}", dags.len(), dir.display());
+            log::info!(
+                "registered {} shared workflows from {}",
+                dags.len(),
+                dir.display()
+            );
         }
         // Blocking reads get their own connection, with room for the BLOCK time.
         let reader = store::connect(&client, Some(Duration::from_secs(10))).await?;

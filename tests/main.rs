@@ -14,3 +14,4 @@ mod replay;
 mod runs;
 mod sandbox;
 mod seed;
+mod tenancy;

@@ -85,9 +85,9 @@ async fn reconnect_with_last_event_id_replays_missed_events_once() {
 #[actix_rt::test]
 async fn reconnect_racing_a_publishing_run_has_no_gap_and_no_duplicate() {
     let (_redis, d) = start(&[]).await;
-    register(&d, &chain("slow-chain", 30, 15)).await;
     for round in 0..3 {
         let user = format!("dave{round}");
+        register(&d, &user, &chain("slow-chain", 30, 15)).await;
         let mut ws = ws_connect(&d, &format!("/ws?username={user}")).await;
         wait_ready(&d).await;
         let run = start_run(&d, &user, "slow-chain", json!({})).await;
@@ -148,6 +148,7 @@ async fn a_raising_transform_fails_the_run_once() {
     let (redis, d) = start(&[]).await;
     register(
         &d,
+        "frank",
         &json!({"tag": "boom", "nodes": [
             {"id": "ok", "kind": "transform", "filter": "1"},
             {"id": "bad", "kind": "transform", "filter": "error(\"boom\")", "depends_on": ["ok"]},
@@ -183,6 +184,7 @@ async fn failure_cancels_running_siblings() {
     let (_redis, d) = start(&[]).await;
     register(
         &d,
+        "gina",
         &json!({"tag": "sib", "nodes": [
             {"id": "slow", "kind": "delay", "ms": 60000},
             {"id": "bad", "kind": "transform", "filter": "error(\"nope\")"},
@@ -208,7 +210,7 @@ async fn failure_cancels_running_siblings() {
 #[actix_rt::test]
 async fn cancel_mid_run_is_idempotent_and_a_finished_run_is_a_conflict() {
     let (redis, d) = start(&[]).await;
-    register(&d, &chain("long", 2, 60000)).await;
+    register(&d, "hank", &chain("long", 2, 60000)).await;
     let mut sub = Sub::new(&redis, &keys::channel("hank")).await;
     let run = start_run(&d, "hank", "long", json!({})).await;
     assert_eq!(sub.take(1, T).await[0]["type"], "workflow_started");
@@ -291,6 +293,7 @@ async fn http_node_retries_5xx_and_succeeds_on_attempt_three() {
     let (_redis, d) = start(&["--http-allow", "127.0.0.1/32"]).await;
     register(
         &d,
+        "jill",
         &json!({"tag": "flaky", "nodes": [
             {"id": "call", "kind": "http", "method": "POST", "url": format!("{base}/flaky"),
              "body": "{city: .inputs.city}",
@@ -335,6 +338,7 @@ async fn http_timeouts_and_4xx_fail_the_run() {
     let (_redis, d) = start(&["--http-allow", "127.0.0.1/32"]).await;
     register(
         &d,
+        "kim",
         &json!({"tag": "slow-http", "nodes": [
             {"id": "call", "kind": "http", "url": format!("{base}/slow"), "timeout_ms": 200,
              "retry": {"max_attempts": 2, "backoff_ms": 1}}
@@ -343,6 +347,7 @@ async fn http_timeouts_and_4xx_fail_the_run() {
     .await;
     register(
         &d,
+        "kim",
         &json!({"tag": "missing-http", "nodes": [
             {"id": "call", "kind": "http", "url": format!("{base}/missing"),
              "retry": {"max_attempts": 5, "backoff_ms": 1}}
@@ -372,7 +377,7 @@ async fn http_timeouts_and_4xx_fail_the_run() {
 #[actix_rt::test]
 async fn cancel_through_an_instance_that_does_not_hold_the_run() {
     let (redis, a) = start(&["--instance-id", "runner-a"]).await;
-    register(&a, &chain("long-x", 2, 60000)).await;
+    register(&a, "lena", &chain("long-x", 2, 60000)).await;
     let mut sub = Sub::new(&redis, &keys::channel("lena")).await;
     let run = start_run(&a, "lena", "long-x", json!({})).await;
     assert_eq!(sub.take(1, T).await[0]["type"], "workflow_started");

@@ -25,7 +25,7 @@ fn diamond(tag: &str) -> Value {
 #[actix_rt::test]
 async fn diamond_counts_exactly_and_joins_both_parents() {
     let (redis, d) = start(&[]).await;
-    register(&d, &diamond("diamond")).await;
+    register(&d, "dia", &diamond("diamond")).await;
     let mut sub = Sub::new(&redis, &keys::channel("dia")).await;
 
     // A few runs at once: their events interleave on the channel, but each
@@ -123,7 +123,7 @@ async fn wide_fan_out_and_fan_in_counts_every_node_once() {
     let mids: Vec<String> = (0..WIDTH).map(|i| format!("m{i:03}")).collect();
     nodes.push(json!({"id": "join", "kind": "transform", "depends_on": mids,
         "filter": "{parents: ([.nodes | keys[] | select(startswith(\"m\"))] | length), sum: ([.nodes[] | select(type == \"number\")] | add)}"}));
-    register(&d, &json!({"tag": "wide", "nodes": nodes})).await;
+    register(&d, "wide-user", &json!({"tag": "wide", "nodes": nodes})).await;
 
     let mut sub = Sub::new(&redis, &keys::channel("wide-user")).await;
     let run_id = start_run(&d, "wide-user", "wide", json!({})).await;
@@ -275,20 +275,32 @@ async fn workflow_crud_execute_and_run_isolation() {
     ]});
 
     // Create, then replace.
-    let r = put(&url, Some("admin"), &v1).await;
+    let r = put(&url, Some("alice"), &v1).await;
     assert_eq!(r.status, 201, "{}", r.text);
-    assert_eq!(r.body, json!({"tag": "crud", "nodes": 1, "entry_nodes": 1}));
-    let r = put(&url, Some("admin"), &v2).await;
+    assert_eq!(
+        r.body,
+        json!({"tag": "crud", "scope": "own", "nodes": 1, "entry_nodes": 1})
+    );
+    let r = put(&url, Some("alice"), &v2).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, json!({"tag": "crud", "nodes": 2, "entry_nodes": 1}));
+    assert_eq!(
+        r.body,
+        json!({"tag": "crud", "scope": "own", "nodes": 2, "entry_nodes": 1})
+    );
 
     // Read it back, and in the list.
-    let r = get(&url, Some("admin")).await;
+    let r = get(&url, Some("alice")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body, v2);
-    let r = get(&format!("{}/api/v1/workflows", d.api), Some("admin")).await;
+    let r = get(&format!("{}/api/v1/workflows", d.api), Some("alice")).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, json!({"workflows": ["crud", "flight-search"]}));
+    assert_eq!(
+        r.body,
+        json!({"workflows": [
+            {"tag": "crud", "scope": "own"},
+            {"tag": "flight-search", "scope": "shared"}
+        ]})
+    );
 
     // Execute by tag: 202, Location, and the replaced workflow runs.
     let r = post(
@@ -367,15 +379,15 @@ async fn workflow_crud_execute_and_run_isolation() {
     assert_eq!(r.body["status"], "completed");
 
     // Delete: 204, then 404 everywhere.
-    let r = request("DELETE", &url, Some("admin"), None).await;
+    let r = request("DELETE", &url, Some("alice"), None).await;
     assert_eq!(r.status, 204, "{}", r.text);
-    let r = request("DELETE", &url, Some("admin"), None).await;
+    let r = request("DELETE", &url, Some("alice"), None).await;
     assert_eq!(r.status, 404, "{}", r.text);
     assert!(r.body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("crud"));
-    let r = get(&url, Some("admin")).await;
+    let r = get(&url, Some("alice")).await;
     assert_eq!(r.status, 404, "{}", r.text);
     let r = post(
         &format!("{url}/execute"),
@@ -384,8 +396,11 @@ async fn workflow_crud_execute_and_run_isolation() {
     )
     .await;
     assert_eq!(r.status, 404, "{}", r.text);
-    let r = get(&format!("{}/api/v1/workflows", d.api), Some("admin")).await;
-    assert_eq!(r.body, json!({"workflows": ["flight-search"]}));
+    let r = get(&format!("{}/api/v1/workflows", d.api), Some("alice")).await;
+    assert_eq!(
+        r.body,
+        json!({"workflows": [{"tag": "flight-search", "scope": "shared"}]})
+    );
     // A run keeps the snapshot it was accepted with.
     let r = get(&format!("{}/api/v1/runs/{exec_id}", d.api), Some("alice")).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -399,6 +414,7 @@ async fn delay_node_waits_and_transforms_read_inputs() {
     let (redis, d) = start(&[]).await;
     register(
         &d,
+        "greeter",
         &json!({"tag": "greet", "nodes": [
             {"id": "shout", "kind": "transform",
              "filter": "{name: (.inputs.name | ascii_upcase), age: .inputs.age}"},
@@ -478,6 +494,7 @@ async fn a_runaway_transform_times_out_without_stalling_other_runs() {
     let (redis, d) = start(&[]).await;
     register(
         &d,
+        "spinner",
         &json!({"tag": "spin", "nodes": [
             {"id": "spin", "kind": "transform", "filter": "last(range(1e15))", "timeout_ms": 300}
         ]}),

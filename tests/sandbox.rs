@@ -53,7 +53,7 @@ async fn put_workflow(d: &Daemon, wf: &Value) -> Resp {
     let tag = wf["tag"].as_str().unwrap();
     put(
         &format!("{}/api/v1/workflows/{tag}", d.api),
-        Some("admin"),
+        Some("eve"),
         wf,
     )
     .await
@@ -72,8 +72,7 @@ async fn seed_run_completes(d: &Daemon, user: &str) {
 
 #[actix_rt::test]
 async fn filters_that_reach_outside_are_refused_naming_the_function() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let cases = [
         ("env | {FLOWCAST_JWT_SECRET, FLOWCAST_REDIS_URL}", "env"),
         ("env.HOME", "env"),
@@ -121,8 +120,7 @@ async fn filters_that_reach_outside_are_refused_naming_the_function() {
 
 #[actix_rt::test]
 async fn filters_too_deep_for_the_parser_are_refused_and_the_daemon_lives() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let pid = d.pid();
     let attacks = [
         format!("{}1{}", "[".repeat(800), "]".repeat(800)),
@@ -158,11 +156,11 @@ async fn filters_too_deep_for_the_parser_are_refused_and_the_daemon_lives() {
 
 #[actix_rt::test]
 async fn a_value_too_deep_fails_its_node_and_nothing_else() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let pid = d.pid();
     register(
         &d,
+        "mallory",
         &json!({"tag": "deep-value", "nodes": [
             {"id": "nest", "kind": "transform", "filter": "reduce range(100000) as $i (0; [.])",
              "retry": {"max_attempts": 3, "backoff_ms": 1}}
@@ -191,6 +189,7 @@ async fn a_value_too_deep_fails_its_node_and_nothing_else() {
     // And a filter that overflows its evaluator's stack crashes only that.
     register(
         &d,
+        "mallory",
         &json!({"tag": "recurse", "nodes": [
             {"id": "forever", "kind": "transform", "filter": "def f: [f]; f"}
         ]}),
@@ -213,8 +212,7 @@ async fn a_value_too_deep_fails_its_node_and_nothing_else() {
 
 #[actix_rt::test]
 async fn runaway_filters_are_stopped_and_free_every_slot() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     let pid = d.pid();
     let nodes: Vec<Value> = (0..32)
         .map(|i| {
@@ -222,7 +220,7 @@ async fn runaway_filters_are_stopped_and_free_every_slot() {
                    "filter": "last(range(1e15))", "timeout_ms": 300})
         })
         .collect();
-    register(&d, &json!({"tag": "spin", "nodes": nodes})).await;
+    register(&d, "mallory", &json!({"tag": "spin", "nodes": nodes})).await;
     let spin = start_run(&d, "mallory", "spin", json!({})).await;
     // Another user's run, started right then, while the 32 slots are taken.
     let seed = start_run(&d, "test-user", "flight-search", json!({"city": "NYC"})).await;
@@ -266,7 +264,7 @@ async fn runaway_filters_are_stopped_and_free_every_slot() {
     let nodes: Vec<Value> = (0..32)
         .map(|i| json!({"id": format!("n{i}"), "kind": "transform", "filter": ". | length"}))
         .collect();
-    register(&d, &json!({"tag": "wide", "nodes": nodes})).await;
+    register(&d, "test-user", &json!({"tag": "wide", "nodes": nodes})).await;
     let run = start_run(&d, "test-user", "wide", json!({})).await;
     let view = wait_run(&d, "test-user", &run, T).await;
     assert_eq!(view["status"], "completed", "{view}");
@@ -274,10 +272,10 @@ async fn runaway_filters_are_stopped_and_free_every_slot() {
 
 #[actix_rt::test]
 async fn outputs_over_max_output_bytes_fail_their_node() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &[]);
+    let (_redis, d) = start(&[]).await;
     register(
         &d,
+        "mallory",
         &json!({"tag": "huge", "nodes": [
             {"id": "big", "kind": "transform", "filter": "[range(2000000)]"}
         ]}),
@@ -302,12 +300,12 @@ async fn outputs_over_max_output_bytes_fail_their_node() {
 
 #[actix_rt::test]
 async fn max_output_bytes_applies_to_the_canonical_output() {
-    let redis = Redis::start();
-    let d = Daemon::start(&redis, &["--max-output-bytes", "1000"]);
+    let (_redis, d) = start(&["--max-output-bytes", "1000"]).await;
     // jaq prints `1e2` as written (801 bytes for 200 of them), canonical
     // JSON as `100.0` (1201 bytes): the run actor's own check fails it.
     register(
         &d,
+        "mallory",
         &json!({"tag": "floats", "nodes": [
             {"id": "f", "kind": "transform", "filter": "[range(200) | 1e2]",
              "retry": {"max_attempts": 2}}
@@ -330,6 +328,7 @@ async fn max_output_bytes_applies_to_the_canonical_output() {
     // Within the limit, fine.
     register(
         &d,
+        "mallory",
         &json!({"tag": "small", "nodes": [
             {"id": "f", "kind": "transform", "filter": "[range(100) | 1e2]"}
         ]}),
@@ -416,7 +415,7 @@ async fn no_secret_of_the_daemon_reaches_a_run_or_an_evaluator() {
     ]});
     let r = put(
         &format!("{}/api/v1/workflows/curious", d.api),
-        Some("admin"),
+        Some("eve"),
         &wf,
     )
     .await;
@@ -424,7 +423,7 @@ async fn no_secret_of_the_daemon_reaches_a_run_or_an_evaluator() {
     for filter in ["env", "$ENV", "env.FLOWCAST_JWT_SECRET"] {
         let r = put(
             &format!("{}/api/v1/workflows/leak", d.api),
-            Some("admin"),
+            Some("eve"),
             &json!({"tag": "leak", "nodes": [{"id": "x", "kind": "transform", "filter": filter}]}),
         )
         .await;

@@ -268,8 +268,10 @@ fn check(args: &RunsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Registers the workflow if one is given; returns its tag and node count.
-async fn workflow(args: &RunsArgs, user: &str) -> anyhow::Result<(String, Option<usize>)> {
+/// Registers the workflow, if one is given, for every bench user (each
+/// user runs only their own workflows and the shared catalogue); returns
+/// its tag and node count.
+async fn workflow(args: &RunsArgs, users: &[String]) -> anyhow::Result<(String, Option<usize>)> {
     let body = match (&args.wide, &args.workflow, &args.tag) {
         (Some(w), _, _) => wide_workflow(*w),
         (None, Some(path), _) => {
@@ -287,22 +289,29 @@ async fn workflow(args: &RunsArgs, user: &str) -> anyhow::Result<(String, Option
         .context("the workflow has no \"tag\"")?
         .to_owned();
     let nodes = body["nodes"].as_array().map(Vec::len);
+    let body = Bytes::from(body.to_string());
     let mut http = HttpConn::new(&args.api)?;
-    let (status, resp) = http
-        .request(
-            Method::PUT,
-            &format!("/api/v1/workflows/{tag}"),
-            &[("x-user-id", user)],
-            Bytes::from(body.to_string()),
-        )
-        .await?;
-    if !status.is_success() {
-        bail!(
-            "registering {tag}: {status}: {}",
-            String::from_utf8_lossy(&resp)
-        );
+    for user in users {
+        let (status, resp) = http
+            .request(
+                Method::PUT,
+                &format!("/api/v1/workflows/{tag}"),
+                &[("x-user-id", user)],
+                body.clone(),
+            )
+            .await?;
+        if !status.is_success() {
+            bail!(
+                "registering {tag} for {user}: {status}: {}",
+                String::from_utf8_lossy(&resp)
+            );
+        }
     }
-    log::info!("registered workflow {tag} ({} nodes)", nodes.unwrap_or(0));
+    log::info!(
+        "registered workflow {tag} ({} nodes) for {} users",
+        nodes.unwrap_or(0),
+        users.len()
+    );
     Ok((tag, nodes))
 }
 
@@ -313,7 +322,7 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
         .map(|i| user_name(&args.user_prefix, i))
         .collect();
     super::check_fd_budget(args.users + args.concurrency.max(RATE_WORKERS) + 32)?;
-    let (tag, nodes_per_run) = workflow(&args, &users[0]).await?;
+    let (tag, nodes_per_run) = workflow(&args, &users).await?;
     let inputs: Value = serde_json::from_str(&args.inputs).context("--inputs is not JSON")?;
     let body = Bytes::from(json!({"tag": tag, "inputs": inputs}).to_string());
 

@@ -337,6 +337,19 @@ pub fn pending_count(conn: &mut redis::Connection) -> usize {
     redis::from_redis_value(v[0].clone()).unwrap()
 }
 
+/// The runs a user's active-run quota counts (queued or running).
+pub fn user_active_runs(conn: &mut redis::Connection, user: &str) -> Vec<String> {
+    redis::cmd("SMEMBERS")
+        .arg(keys::user_active(user))
+        .query(conn)
+        .unwrap()
+}
+
+/// Entries on the run-request stream.
+pub fn request_count(conn: &mut redis::Connection) -> usize {
+    redis::cmd("XLEN").arg(keys::REQUESTS).query(conn).unwrap()
+}
+
 /// Finished runs leave nothing behind: not active, no lease.
 pub fn assert_clean(conn: &mut redis::Connection, ids: &[String]) {
     let active: Vec<String> = redis::cmd("SMEMBERS")

@@ -4,7 +4,9 @@
 //!
 //! - [`state`]: [`AppState`], what every handler shares, and the limits;
 //! - [`error`]: [`ApiError`], the one mapping from errors to JSON responses;
-//! - [`auth`]: the caller's username (`X-User-ID`);
+//! - [`auth`]: the caller's username (`X-User-ID` or a token's subject), and
+//!   [`auth::stream_user`], the one rule for the user of a WebSocket or SSE
+//!   request;
 //! - [`api`]: the REST API under `/api/v1`;
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`ws`]: the `/ws` upgrade and its query parameters;

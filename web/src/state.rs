@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix::Addr;
 use flowcast_actors::metrics::Metrics;
 use flowcast_actors::runner::Runner;
+use flowcast_actors::store::runs::RunQuota;
 use flowcast_actors::subscriber::Subscriber;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,8 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Most runs listed by `GET /api/v1/runs`.
     pub max_list: usize,
+    /// Each user's run quotas (active runs, runs per second).
+    pub run_quota: RunQuota,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_nodes: flowcast_actors::workflow::DEFAULT_MAX_NODES,
             max_list: 1000,
+            run_quota: RunQuota::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `GET /ws?username=U`: the WebSocket endpoint (the seed's URL).
 //!
-//! Query parameters: `username` (required), `types=a,b` and `run_id=` (server-side
+//! Query parameters: `username` (required unless a token or an `X-User-ID`
+//! header names the user, and must match them), `types=a,b` and `run_id=` (server-side
 //! filters), `last_event_id=` (replay from history first). Everything is
 //! checked before the upgrade, so a bad request gets an HTTP 4xx with a JSON
 //! error, never a socket that closes at once.
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use bytestring::ByteString;
@@ -18,9 +19,8 @@ use flowcast_actors::event::EventBody;
 use flowcast_actors::fanout::{CloseSession, Filter, Frame, SessionHandle};
 use flowcast_actors::store;
 use flowcast_actors::subscriber::{Join, JoinError};
-use flowcast_actors::user::validate_username;
 
-use crate::auth::{ws_user, Auth};
+use crate::auth::{stream_user, Auth};
 use crate::error::ApiError;
 use crate::session::{Replay, WsSession};
 use crate::state::AppState;
@@ -39,26 +39,22 @@ pub struct WsQuery {
     pub last_event_id: Option<String>,
 }
 
-/// Parses and checks a `/ws` query string. In `jwt` mode the user is the
-/// subject of `token`, and a `username` that differs is refused.
-pub fn parse_query(qs: &str, auth: &Auth) -> Result<WsQuery, ApiError> {
+/// Parses and checks a `/ws` query string and the request's headers. The
+/// user is decided by [`stream_user`]: in `jwt` mode the subject of
+/// `token`; in `header` mode `username`, which must match an `X-User-ID`
+/// header if the request carries one.
+pub fn parse_query(qs: &str, headers: &HeaderMap, auth: &Auth) -> Result<WsQuery, ApiError> {
     let q: HashMap<String, String> = web::Query::<HashMap<String, String>>::from_query(qs)
         .map_err(|e| {
             ApiError::bad_request("invalid_query", format!("malformed query string: {e}"))
         })?
         .into_inner();
-    let from_token = ws_user(
+    let username = stream_user(
         auth,
+        headers,
         q.get("token").map(String::as_str),
         q.get("username").map(String::as_str),
     )?;
-    let Some(username) = from_token.or_else(|| q.get("username").cloned()) else {
-        return Err(ApiError::bad_request(
-            "missing_username",
-            "the username query parameter is required",
-        ));
-    };
-    validate_username(&username).map_err(|m| ApiError::bad_request("invalid_user", m))?;
     let types = match q.get("types") {
         None => None,
         Some(t) => {
@@ -121,7 +117,7 @@ pub async fn ws_index(
     stream: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = parse_query(req.query_string(), &st.auth)?;
+    let q = parse_query(req.query_string(), req.headers(), &st.auth)?;
     let Some(subscriber) = st.subscriber.clone() else {
         return Err(ApiError::not_found(
             "this instance serves no WebSockets (role runner)",
@@ -170,10 +166,13 @@ pub async fn ws_index(
     {
         Ok(Ok(())) => {}
         Ok(Err(JoinError::TooManySessions(n))) => {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            return Err(ApiError::too_many(
                 "too_many_sessions",
-                format!("user {:?} already has {n} sessions, the limit", q.username),
+                format!(
+                "user {:?} already has {n} sessions, the limit per user (--max-sessions-per-user)",
+                q.username
+            ),
+                1,
             ))
         }
         Ok(Err(JoinError::ShuttingDown)) => {
@@ -259,11 +258,12 @@ mod tests {
 
     #[test]
     fn parses_the_seeds_url_and_filters() {
-        let q = parse_query("username=test-user", &Auth::Header).unwrap();
+        let q = parse_query("username=test-user", &HeaderMap::new(), &Auth::Header).unwrap();
         assert_eq!(q.username, "test-user");
         assert_eq!(q.filter, Filter::default());
         let q = parse_query(
             "username=bob%40example.com&types=workflow_completed,node_completed&last_event_id=5-1",
+            &HeaderMap::new(),
             &Auth::Header,
         )
         .unwrap();
@@ -278,15 +278,45 @@ mod tests {
             ("", "missing_username"),
             ("username=", "invalid_user"),
             ("username=a%0Ab", "invalid_user"),
+            ("username=alice%E2%80%8B", "invalid_user"),
+            ("username=a%20b", "invalid_user"),
             ("username=a&types=bogus", "invalid_types"),
             ("username=a&run_id=nope", "invalid_run_id"),
             ("username=a&last_event_id=xyz", "invalid_last_event_id"),
         ] {
             assert_eq!(
-                parse_query(qs, &Auth::Header).unwrap_err().code,
+                parse_query(qs, &HeaderMap::new(), &Auth::Header)
+                    .unwrap_err()
+                    .code,
                 code,
                 "{qs}"
             );
         }
+    }
+
+    #[test]
+    fn a_user_header_must_name_the_same_user() {
+        use actix_web::http::header::{HeaderName, HeaderValue};
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_static("x-user-id"),
+                HeaderValue::from_str(v).unwrap(),
+            );
+            h
+        };
+        let q = parse_query("username=alice", &with("alice"), &Auth::Header).unwrap();
+        assert_eq!(q.username, "alice");
+        let e = parse_query("username=alice", &with("mallory"), &Auth::Header).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (403, "forbidden"));
+        // The header alone names the user.
+        assert_eq!(
+            parse_query("", &with("bob"), &Auth::Header)
+                .unwrap()
+                .username,
+            "bob"
+        );
+        let e = parse_query("username=alice", &with("a b"), &Auth::Header).unwrap_err();
+        assert_eq!(e.code, "invalid_user");
     }
 }

@@ -47,7 +47,8 @@ pub struct Commit {
     pub results: Vec<String>,
     /// Event JSON texts, in seq order.
     pub events: Vec<String>,
-    /// 1: add to the active set, -1: remove (run ended), 0: neither.
+    /// 1: add to the active set, -1: remove from it and from the user's
+    /// active runs (run ended), 0: neither.
     pub active: i8,
     /// A run-request stream entry to acknowledge.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +119,7 @@ impl Commit {
             keys::ACTIVE.to_owned(),
             keys::REQUESTS.to_owned(),
             keys::owner(&self.run_id),
+            keys::user_active(&self.user),
         ];
         let args = [
             keys::channel(&self.user),

@@ -5,7 +5,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | [`WORKFLOWS`] `flowcast:workflows` | hash | tag → workflow JSON |
+//! | [`WORKFLOWS`] `flowcast:workflows` | hash | the shared catalogue: tag → workflow JSON |
+//! | [`user_workflows`] `flowcast:user:{u}:workflows` | hash | the user's own workflows: tag → workflow JSON |
 //! | [`REQUESTS`] `flowcast:runs:requests` | stream | run requests, consumer group [`GROUP`] |
 //! | [`ACTIVE`] `flowcast:runs:active` | set | ids of unfinished runs |
 //! | [`run`] `flowcast:run:{id}` | hash | the run's fields ([`field`]) and `n:{node}` node records |
@@ -13,15 +14,20 @@
 //! | [`owner`] `flowcast:run:{id}:owner` | string | the runner holding the run (lease, with expiry) |
 //! | [`user_runs`] `flowcast:user:{u}:runs` | sorted set | the user's run ids by creation time |
 //! | [`user_results`] `flowcast:user:{u}:results` | set | result refs the user may read |
+//! | [`user_active`] `flowcast:user:{u}:active` | set | the user's queued and running runs (the active-run quota) |
+//! | [`user_rate`] `flowcast:user:{u}:rate` | hash | the user's run-rate token bucket (`tokens`, `ms`; private to `lua/enqueue.lua`, expires when full) |
 //! | [`history`] `flowcast:history:{u}` | stream | the user's events (capped) |
 //! | [`result`] `flowcast:result:{ref}` | string | a node output's canonical JSON |
 //! | [`channel`] `workflow:events:{u}` | channel | the seed's PubSub channel |
 //! | [`CONTROL`] `flowcast:control` | channel | run ids whose owner asked to cancel them |
 
-/// Registered workflows (hash: tag → JSON).
+/// The shared catalogue of workflows (hash: tag → JSON): the operator's
+/// `--workflows-dir`, visible to every user, read-only through the API.
 pub const WORKFLOWS: &str = "flowcast:workflows";
 /// Run-request stream.
 pub const REQUESTS: &str = "flowcast:runs:requests";
+/// The field of a run-request entry that holds the run id.
+pub const REQUEST_RUN_ID: &str = "run_id";
 /// Consumer group of runner instances on [`REQUESTS`].
 pub const GROUP: &str = "runners";
 /// Unfinished runs.
@@ -61,6 +67,21 @@ pub fn user_runs(user: &str) -> String {
 /// Result refs a user may read.
 pub fn user_results(user: &str) -> String {
     format!("flowcast:user:{user}:results")
+}
+
+/// A user's own workflows (hash: tag → JSON).
+pub fn user_workflows(user: &str) -> String {
+    format!("flowcast:user:{user}:workflows")
+}
+
+/// A user's unfinished (queued or running) runs.
+pub fn user_active(user: &str) -> String {
+    format!("flowcast:user:{user}:active")
+}
+
+/// A user's run-rate token bucket.
+pub fn user_rate(user: &str) -> String {
+    format!("flowcast:user:{user}:rate")
 }
 
 /// A user's event history.

@@ -9,11 +9,12 @@
 //!
 //! Modules by concern:
 //! - [`commit`]: the atomic commit of a run's state change and its events;
-//! - [`runs`]: run records, the user's index, event lists, outputs, cancel requests;
+//! - [`runs`]: run records and their admission under the user's quotas, the
+//!   user's index, event lists, outputs, cancel requests;
 //! - [`history`]: the per-user event history read by resuming sessions;
 //! - [`requests`]: the run-request stream and its consumer group;
 //! - [`leases`]: which runner drives which run;
-//! - [`workflows`]: registered workflows.
+//! - [`workflows`]: each user's own workflows and the shared catalogue.
 
 use std::time::Duration;
 
@@ -70,6 +71,7 @@ mod tests {
         let lua = [
             include_str!("lua/commit.lua"),
             include_str!("lua/claim.lua"),
+            include_str!("lua/enqueue.lua"),
         ];
         let known = [field::STATUS, field::SEQ];
         for src in lua {

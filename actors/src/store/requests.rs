@@ -75,7 +75,7 @@ pub async fn read<C: ConnectionLike + Send + Sync>(
         .flat_map(|r| r.keys)
         .flat_map(|k| k.ids)
         .map(|e| Request {
-            run_id: e.get("run_id"),
+            run_id: e.get(keys::REQUEST_RUN_ID),
             entry_id: e.id,
         })
         .collect())
@@ -114,7 +114,7 @@ pub async fn claim_stale<C: ConnectionLike + Send + Sync>(
         .claimed
         .into_iter()
         .map(|e| Request {
-            run_id: e.get("run_id"),
+            run_id: e.get(keys::REQUEST_RUN_ID),
             entry_id: e.id,
         })
         .collect())

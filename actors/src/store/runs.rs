@@ -1,11 +1,14 @@
 //! Runs as stored: the run hash, the user's index of runs, the run's event
 //! list, stored outputs and the active set.
 //!
-//! A run is accepted by [`enqueue`] (hash, index and request-stream entry in
-//! one MULTI/EXEC) and changed afterwards only by commits (see `commit`),
-//! except for the cancel request, which any API instance may record.
+//! A run is accepted by [`enqueue`] (the user's quotas checked, then hash,
+//! index, active set and request-stream entry, in one Lua script) and
+//! changed afterwards only by commits (see `commit`), except for the cancel
+//! request, which any API instance may record. The commit that ends a run
+//! takes it out of its user's active set.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
@@ -13,9 +16,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::keys::{self, field};
+use super::script::Lua;
 use crate::counter::{NodeStatus, RunStatus};
 use crate::error::{Error, Result};
 use crate::workflow::Workflow;
+
+static ENQUEUE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/enqueue.lua")));
 
 /// A node's persisted state (`n:{node}` in the run hash).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -135,40 +141,104 @@ fn parse(run_id: &str, mut h: HashMap<String, String>) -> Result<RunRecord> {
     })
 }
 
-/// Durably queues a run: its hash (status `queued`), the user's index and the
-/// request stream entry, in one MULTI/EXEC. Returns its creation time (ms).
+/// A user's run quotas, enforced by [`enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunQuota {
+    /// Most unfinished (queued + running) runs per user.
+    pub max_active: u64,
+    /// Runs a user may start per second, sustained; bursts of twice that.
+    pub per_sec: u64,
+}
+
+impl Default for RunQuota {
+    fn default() -> Self {
+        Self {
+            max_active: 1000,
+            per_sec: 100,
+        }
+    }
+}
+
+impl RunQuota {
+    /// The token bucket's size: how many runs a user may start at once.
+    pub fn burst(&self) -> u64 {
+        self.per_sec.saturating_mul(2)
+    }
+}
+
+/// What became of a run submitted to [`enqueue`] (the script's reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Stored and queued, accepted at this time (Unix ms).
+    Accepted {
+        /// When it was accepted, Unix ms.
+        created_ms: u64,
+    },
+    /// Refused, nothing written: the user has [`RunQuota::max_active`]
+    /// unfinished runs.
+    QuotaExceeded {
+        /// Seconds after which asking again may succeed.
+        retry_after_s: u64,
+    },
+    /// Refused, nothing written: the user started runs faster than
+    /// [`RunQuota::per_sec`] for longer than a burst.
+    RateLimited {
+        /// Seconds after which a run will be accepted again.
+        retry_after_s: u64,
+    },
+}
+
+/// Durably queues a run if its user is within `quota`: its hash (status
+/// `queued`), the user's index and active set, and the request stream entry,
+/// in one Lua script (`lua/enqueue.lua`) that checks the quota first, so a
+/// refused run writes nothing and every API instance enforces one limit.
 pub async fn enqueue<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     run_id: &str,
     user: &str,
     workflow: &Workflow,
     inputs: &Value,
-) -> Result<u64> {
+    quota: RunQuota,
+) -> Result<Admission> {
     let created_ms = crate::event::now_ms();
     let wf = serde_json::to_string(workflow).map_err(|e| Error::Corrupt(e.to_string()))?;
-    redis::pipe()
-        .atomic()
-        .hset_multiple(
-            keys::run(run_id),
-            &[
-                (field::USER, user),
-                (field::TAG, workflow.tag.as_str()),
-                (field::STATUS, RunStatus::Queued.as_str()),
-                (field::COUNTER, "0"),
-                (field::SEQ, "0"),
-                (field::CREATED_MS, &created_ms.to_string()),
-                (field::WORKFLOW, &wf),
-                (field::INPUTS, &inputs.to_string()),
-            ],
-        )
-        .ignore()
-        .zadd(keys::user_runs(user), run_id, created_ms)
-        .ignore()
-        .xadd(keys::REQUESTS, "*", &[("run_id", run_id)])
-        .ignore()
-        .query_async::<()>(conn)
-        .await?;
-    Ok(created_ms)
+    let keys = [
+        keys::run(run_id),
+        keys::user_runs(user),
+        keys::REQUESTS.to_owned(),
+        keys::user_active(user),
+        keys::user_rate(user),
+    ];
+    let mut args = vec![
+        quota.max_active.to_string(),
+        quota.per_sec.max(1).to_string(),
+        quota.burst().max(1).to_string(),
+        run_id.to_owned(),
+        created_ms.to_string(),
+        keys::REQUEST_RUN_ID.to_owned(),
+    ];
+    for (f, v) in [
+        (field::USER, user),
+        (field::TAG, workflow.tag.as_str()),
+        (field::STATUS, RunStatus::Queued.as_str()),
+        (field::COUNTER, "0"),
+        (field::SEQ, "0"),
+        (field::CREATED_MS, &created_ms.to_string()),
+        (field::WORKFLOW, &wf),
+        (field::INPUTS, &inputs.to_string()),
+    ] {
+        args.push(f.to_owned());
+        args.push(v.to_owned());
+    }
+    let (code, retry_after_s): (String, u64) = ENQUEUE.invoke(conn, &keys, &args).await?;
+    match code.as_str() {
+        "accepted" => Ok(Admission::Accepted { created_ms }),
+        "quota_exceeded" => Ok(Admission::QuotaExceeded { retry_after_s }),
+        "rate_limited" => Ok(Admission::RateLimited { retry_after_s }),
+        other => Err(Error::Corrupt(format!(
+            "enqueue script answered an unknown code {other:?}"
+        ))),
+    }
 }
 
 /// Asks whichever runner holds a run to cancel it: the request is recorded

@@ -1,6 +1,6 @@
 -- Applies one commit of a run atomically (see store/commit.rs).
 -- KEYS: 1 run hash, 2 run events, 3 history, 4 user results, 5 active set,
---       6 request stream, 7 owner lease.
+--       6 request stream, 7 owner lease, 8 user's active runs.
 -- ARGV: 1 channel, 2 commit JSON, 3 history max length, 4 result key prefix,
 --       5 consumer group.
 -- Returns {code, published}: code is 'applied', 'duplicate',
@@ -48,6 +48,7 @@ end
 if c.active == 1 then redis.call('SADD', KEYS[5], c.run_id) end
 if c.active == -1 then
   redis.call('SREM', KEYS[5], c.run_id)
+  redis.call('SREM', KEYS[8], c.run_id)
   redis.call('DEL', KEYS[7])
 end
 ack()
