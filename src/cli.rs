@@ -1,6 +1,7 @@
 //! The command line: subcommands and the benchmark tool's arguments. The
 //! daemon's settings are `flowcast::config::ServeConfig`, parsed here as
-//! the `serve` subcommand.
+//! the `serve` subcommand; the client commands (`run`, `runs`, `tail`,
+//! ...) are `crate::client::args::Command`, flattened in.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,8 @@ pub enum Command {
     /// Measure a fan-out server or the runner (a load generator for loopback targets).
     #[command(subcommand)]
     Bench(BenchCommand),
+    #[command(flatten)]
+    Client(crate::client::args::Command),
 }
 
 /// `flowcast bench` subcommands.
