@@ -88,6 +88,15 @@ impl Api {
                     .into(),
             ));
         }
+        match url::Url::parse(base) {
+            Ok(u) if u.scheme() == "http" && u.has_host() => {}
+            Ok(_) => {
+                return Err(bad(
+                    "expected an http:// URL, such as http://127.0.0.1:8081".into(),
+                ))
+            }
+            Err(e) => return Err(bad(format!("not a URL: {e}"))),
+        }
         let (_, path) = split_url(base).map_err(|e| bad(format!("{e:#}")))?;
         if path.contains(['?', '#']) {
             return Err(bad("the API URL takes no query or fragment".into()));
@@ -334,6 +343,8 @@ mod tests {
         assert!(Api::new("https://x", &id).is_err());
         assert!(Api::new("ftp://x", &id).is_err());
         assert!(Api::new("http://x/?q", &id).is_err());
+        assert!(Api::new("http://[::1", &id).is_err());
+        assert!(Api::new("http://", &id).is_err());
         let a = Api::new("http://gw:80/flowcast/", &id).unwrap();
         assert_eq!(a.prefix, "/flowcast");
         assert_eq!(Api::new("http://h:1", &id).unwrap().prefix, "");

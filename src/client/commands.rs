@@ -256,10 +256,10 @@ pub async fn workflows(args: WorkflowsArgs, out: Out) -> Result<i32> {
                 out,
                 &answer,
                 &format!(
-                    "{verb} {} ({} nodes, {} entry)",
+                    "{verb} {} ({}, {})",
                     clean(&tag),
-                    field(&answer, "nodes"),
-                    field(&answer, "entry_nodes")
+                    count(&answer, "nodes", "node"),
+                    count(&answer, "entry_nodes", "entry node")
                 ),
             )?;
         }
@@ -290,6 +290,15 @@ fn read_workflow(file: &Path) -> Result<Value> {
         )));
     }
     Ok(wf)
+}
+
+/// `N thing(s)` from a number field.
+fn count(v: &Value, key: &str, thing: &str) -> String {
+    match v.get(key).and_then(Value::as_u64) {
+        Some(1) => format!("1 {thing}"),
+        Some(n) => format!("{n} {thing}s"),
+        None => format!("? {thing}s"),
+    }
 }
 
 /// Multi-line text with each line cleaned (newlines kept).
