@@ -10,8 +10,9 @@
 
 use std::path::PathBuf;
 
-use clap::builder::NonEmptyStringValueParser;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::builder::{NonEmptyStringValueParser, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Subcommand};
+use flowcast_actors::counter::RunStatus;
 
 /// Where the daemon is, who is asking, and how to print.
 #[derive(Debug, Clone, Args)]
@@ -94,8 +95,8 @@ pub struct RunsArgs {
     #[command(subcommand)]
     pub command: Option<RunsCommand>,
     /// Only runs with this status.
-    #[arg(long)]
-    pub status: Option<Status>,
+    #[arg(long, value_parser = status_parser())]
+    pub status: Option<RunStatus>,
     /// At most this many runs.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
@@ -114,27 +115,14 @@ pub enum RunsCommand {
     },
 }
 
-/// A run status, for `runs --status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Status {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl Status {
-    /// The status as the API spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
+/// `runs --status`: the statuses `RunStatus` names, offered as the possible
+/// values (for `--help` and shell completions).
+fn status_parser() -> impl TypedValueParser<Value = RunStatus> {
+    use RunStatus::{Cancelled, Completed, Failed, Queued, Running};
+    PossibleValuesParser::new(
+        [Queued, Running, Completed, Failed, Cancelled].map(RunStatus::as_str),
+    )
+    .try_map(|s| RunStatus::parse(&s).ok_or("unknown run status"))
 }
 
 /// A command on one run.

@@ -9,10 +9,11 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::api::Api;
+use super::args::WorkflowsCommand;
 use super::args::{Decision, RunRef, RunsArgs, RunsCommand, SignalArgs, WorkflowsArgs};
-use super::args::{Status, WorkflowsCommand};
 use super::error::{exit, Error, Result};
 use super::output::{clean, cut, field, show_value, status_tone, utc, Out, Tone};
+use flowcast_actors::counter::RunStatus;
 
 /// Runs asked for per page when filtering by status (the API's maximum).
 const FILTER_PAGE: u32 = 1000;
@@ -62,7 +63,7 @@ pub async fn runs(args: RunsArgs, out: Out) -> Result<i32> {
 
 /// Up to `limit` runs (with `status`, if given), newest first, following
 /// `next_cursor` across pages.
-async fn list_runs(api: &mut Api, status: Option<Status>, limit: u32) -> Result<Vec<Value>> {
+async fn list_runs(api: &mut Api, status: Option<RunStatus>, limit: u32) -> Result<Vec<Value>> {
     let page = if status.is_some() {
         FILTER_PAGE
     } else {

@@ -67,10 +67,14 @@ pub async fn run(args: RunArgs, out: Out) -> Result<i32> {
         return Ok(exit::OK);
     };
     follower.only_run(&run_id);
-    if !out.json {
-        out.note(&format!("run {run_id} of {} queued", clean(&args.tag)));
+    out.note(&format!("run {run_id} of {} queued", clean(&args.tag)));
+    let followed = follow(&mut api, follower, &run_id, &args.tag, out).await;
+    if followed.is_err() {
+        out.note(&format!(
+            "run {run_id} was started and goes on without you: flowcast runs show {run_id}"
+        ));
     }
-    follow(&mut api, follower, &run_id, &args.tag, out).await
+    followed
 }
 
 /// Follows a run to its end; returns the exit code.

@@ -89,11 +89,7 @@ pub fn cli(d: &Daemon, user: &str, args: &[&str]) -> CliRun {
 
 /// Runs a prepared command to its end (killed and failed after a minute).
 pub fn run_cli(mut cmd: Command) -> CliRun {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the flowcast binary");
+    let mut child = spawn_piped(&mut cmd);
     let stdout = read_all(child.stdout.take());
     let stderr = read_all(child.stderr.take());
     let code = wait_code(&mut child, CLI_TIMEOUT);
@@ -107,6 +103,14 @@ pub fn run_cli(mut cmd: Command) -> CliRun {
         stdout,
         stderr,
     }
+}
+
+/// Starts `cmd` with stdout and stderr piped.
+fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the flowcast binary")
 }
 
 fn read_all(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
@@ -152,11 +156,7 @@ impl CliProc {
 
     /// Starts a prepared command.
     pub fn spawn_command(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the flowcast binary");
+        let mut child = spawn_piped(&mut cmd);
         let (tx, lines) = channel();
         let out = child.stdout.take().expect("piped stdout");
         std::thread::spawn(move || {
