@@ -24,6 +24,7 @@ pub enum Command {
     /// Measure a fan-out server or the runner (a load generator for loopback targets).
     #[command(subcommand)]
     Bench(BenchCommand),
+    // The client commands (run, runs, tail, ...), listed beside these.
     #[command(flatten)]
     Client(crate::client::args::Command),
 }
