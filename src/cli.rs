@@ -1,6 +1,7 @@
 //! The command line: subcommands and the benchmark tool's arguments. The
 //! daemon's settings are `flowcast::config::ServeConfig`, parsed here as
-//! the `serve` subcommand.
+//! the `serve` subcommand; the client commands (`run`, `runs`, `tail`,
+//! ...) are `crate::client::args::Command`, flattened in.
 
 use std::path::PathBuf;
 
@@ -27,6 +28,9 @@ pub enum Command {
     /// on stdin, replies on stdout).
     #[command(hide = true)]
     JqWorker,
+    // The client commands (run, runs, tail, ...), listed beside these.
+    #[command(flatten)]
+    Client(crate::client::args::Command),
 }
 
 /// `flowcast bench` subcommands.

@@ -12,7 +12,7 @@
 //! duplicate accounting), [`stamp`] (the timestamped message), [`template`]
 //! (names, `{user}` templates, loopback-only targets), [`conn`] (WebSocket
 //! connections from several source addresses), [`publish`] (rate and
-//! closed-loop publishers), [`http`] (keep-alive HTTP client), [`procfs`]
+//! closed-loop publishers), `crate::http` (keep-alive HTTP client), [`procfs`]
 //! (server RSS and CPU), [`report`] (JSON line and table).
 //!
 //! Every load is bounded in count and time, targets loopback addresses only,
@@ -22,7 +22,6 @@
 mod ceiling;
 mod conn;
 mod fanout;
-mod http;
 mod ledger;
 mod procfs;
 mod publish;

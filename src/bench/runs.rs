@@ -27,13 +27,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::ceiling::{self, Ceiling};
 use super::conn::connect;
-use super::http::HttpConn;
 use super::procfs;
 use super::report::{emit, rate, thousands, Table};
 use super::stamp::now_us;
 use super::stats::{per_sec, Histogram, Summary};
+use super::template::loopback_http;
 use super::template::{check_prefix, loopback_target, user_name, Template};
 use crate::cli::RunsArgs;
+use crate::http::HttpConn;
 
 /// Longest submission phase accepted.
 const MAX_DURATION_S: f64 = 600.0;
@@ -290,7 +291,7 @@ async fn workflow(args: &RunsArgs, users: &[String]) -> anyhow::Result<(String, 
         .to_owned();
     let nodes = body["nodes"].as_array().map(Vec::len);
     let body = Bytes::from(body.to_string());
-    let mut http = HttpConn::new(&args.api)?;
+    let mut http = loopback_http(&args.api)?;
     for user in users {
         let (status, resp) = http
             .request(
@@ -365,7 +366,7 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
             for _ in 0..args.concurrency {
                 let (sub, tracker, body, users) =
                     (sub.clone(), tracker.clone(), body.clone(), users.clone());
-                let mut http = HttpConn::new(&args.api)?;
+                let mut http = loopback_http(&args.api)?;
                 let runs = args.runs;
                 tasks.push(tokio::spawn(async move {
                     loop {
@@ -399,7 +400,7 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
                     users.clone(),
                     rx.clone(),
                 );
-                let mut http = HttpConn::new(&args.api)?;
+                let mut http = loopback_http(&args.api)?;
                 tasks.push(tokio::spawn(async move {
                     loop {
                         let Some(i) = rx.lock().await.recv().await else {

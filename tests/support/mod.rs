@@ -12,6 +12,8 @@
 //!   hand-written requests for what a client library would not send;
 //! - [`ws`]: a real WebSocket client (tokio-tungstenite);
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
+//! - [`cli`]: the command-line client (`flowcast run`, `tail`, ...) run as
+//!   a process, and a TCP proxy that cuts its connections;
 //! - [`wait`]: polling a condition with a deadline.
 //!
 //! [`start`] is the usual first line of a test: a private Redis and a ready
@@ -24,6 +26,7 @@
 
 // Private: re-exported below. A public `redis` would shadow the `redis`
 // crate in every `use crate::support::*`.
+mod cli;
 mod daemon;
 mod http;
 mod metrics;
@@ -34,6 +37,7 @@ mod ws;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use self::cli::*;
 pub use self::daemon::*;
 pub use self::http::*;
 pub use self::metrics::*;
