@@ -193,6 +193,7 @@ impl From<&ServeConfig> for Limits {
             max_body_bytes: c.max_body_bytes,
             max_nodes: c.max_nodes,
             run_quota: c.into(),
+            max_output_bytes: c.max_output_bytes,
             ..Self::default()
         }
     }

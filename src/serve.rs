@@ -164,7 +164,18 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         next_session: Arc::new(AtomicU64::new(1)),
         metrics,
         auth,
+        waiters: flowcast_actors::outside::Waiters::default(),
     };
+    if cfg.role.runs_runner() {
+        // Wakes long-polling claims and the run actors waiting on the outside.
+        let runner = runner.clone().map(|r| r.recipient());
+        actix_rt::spawn(flowcast_actors::outside::listen(
+            client.clone(),
+            state.waiters.clone(),
+            runner,
+            shutdown.clone(),
+        ));
+    }
 
     let mut servers = Vec::new();
     if let Some(l) = api_listener {

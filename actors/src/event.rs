@@ -90,18 +90,42 @@ pub enum EventBody {
         /// Always 0: every token is consumed.
         counter: u32,
     },
+    /// A long-running node reported how far it is (a task's heartbeat).
+    NodeProgress {
+        /// The run.
+        run_id: String,
+        /// The node.
+        node_id: String,
+        /// From 0 to 1.
+        progress: f64,
+        /// What the worker said, if anything (cut to 4 KiB).
+        message: Option<String>,
+    },
+    /// An approval node waits for its run's owner to decide.
+    ApprovalRequired {
+        /// The run.
+        run_id: String,
+        /// The node.
+        node_id: String,
+        /// The rendered prompt (a string cut to 4 KiB, or small JSON).
+        prompt: serde_json::Value,
+        /// When `on_timeout` decides, Unix ms; null without a timeout.
+        expires_at: Option<u64>,
+    },
 }
 
 impl EventBody {
     /// Every event `type`, in the order of [`EventBody::kind`]'s variants
     /// (what a `types=` filter may name).
-    pub const TYPES: [&'static str; 6] = [
+    pub const TYPES: [&'static str; 8] = [
         "workflow_started",
         "node_completed",
         "node_failed",
         "workflow_completed",
         "workflow_failed",
         "workflow_cancelled",
+        "node_progress",
+        "approval_required",
     ];
 
     /// The event's `type` (as serialised by serde's tag).
@@ -113,6 +137,8 @@ impl EventBody {
             Self::WorkflowCompleted { .. } => 3,
             Self::WorkflowFailed { .. } => 4,
             Self::WorkflowCancelled { .. } => 5,
+            Self::NodeProgress { .. } => 6,
+            Self::ApprovalRequired { .. } => 7,
         };
         Self::TYPES[i]
     }
@@ -193,9 +219,29 @@ impl EventBody {
                 cancelled_not_listed,
                 ..
             } => *cancelled_not_listed += cap_list(cancelled_nodes),
+            Self::NodeProgress {
+                message: Some(m), ..
+            } => *m = cut_error(m),
+            Self::ApprovalRequired { prompt, .. } => *prompt = bounded_prompt(prompt.take()),
             _ => {}
         }
         self
+    }
+}
+
+/// A prompt as an event carries it: a string cut like an error; other JSON
+/// kept if it is as small, else its text, cut.
+fn bounded_prompt(prompt: serde_json::Value) -> serde_json::Value {
+    match prompt {
+        serde_json::Value::String(s) => serde_json::Value::String(cut_error(&s)),
+        other => {
+            let text = other.to_string();
+            if text.len() <= MAX_ERROR_BYTES {
+                other
+            } else {
+                serde_json::Value::String(cut_error(&text))
+            }
+        }
     }
 }
 
@@ -330,10 +376,22 @@ mod tests {
                 counter: 0,
             },
             EventBody::WorkflowCancelled {
-                run_id: r,
+                run_id: r.clone(),
                 cancelled_nodes: vec![],
                 cancelled_not_listed: 0,
                 counter: 0,
+            },
+            EventBody::NodeProgress {
+                run_id: r.clone(),
+                node_id: "n".into(),
+                progress: 0.5,
+                message: None,
+            },
+            EventBody::ApprovalRequired {
+                run_id: r,
+                node_id: "n".into(),
+                prompt: "ok?".into(),
+                expires_at: None,
             },
         ];
         let kinds: Vec<&str> = all.iter().map(EventBody::kind).collect();

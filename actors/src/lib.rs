@@ -11,7 +11,8 @@
 //! - [`result`]: canonical JSON and `sha256:` result refs;
 //! - [`event`]: the event payloads (the seed's, plus flowcast's);
 //! - [`user`]: username validation;
-//! - [`egress`]: where `http` nodes may connect (`--http-allow`).
+//! - [`egress`]: where `http` nodes may connect (`--http-allow`);
+//! - [`outside::spec`]: the `task`, `approval` and `signal` node kinds.
 //!
 //! Redis:
 //! - [`store`]: the only code that speaks to Redis: key layout, Lua scripts,
@@ -30,6 +31,10 @@
 //!   `http` nodes go through [`http_node::HttpClient`], which enforces [`egress`];
 //! - [`publisher::Publisher`]: the single writer of state and events.
 //!
+//! Work done outside the daemon ([`outside`]): [`outside::Waiters`], the
+//! process's long-polling claims, and [`outside::listen`], the subscription
+//! that wakes them and the run actors waiting on workers, people and signals.
+//!
 //! Actors (fan-out half):
 //! - [`subscriber::Subscriber`]: the process's one PubSub connection;
 //! - [`fanout::Fanout`]: one per user with live sessions; forwards frames to them.
@@ -46,6 +51,7 @@ pub mod http_node;
 pub mod jq;
 pub mod metrics;
 pub mod node;
+pub mod outside;
 pub mod publisher;
 pub mod registry;
 pub mod result;

@@ -22,7 +22,7 @@ pub const DEFAULT_TRANSFORM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs a jq filter in the sandboxed evaluator pool, within `deadline`. A
 /// filter's own error, or a crash of its evaluator, would repeat: not
 /// retryable.
-async fn run_jq(
+pub(crate) async fn run_jq(
     pool: &jq::Pool,
     filter: &str,
     input: &Value,
@@ -94,6 +94,11 @@ pub async fn execute(
             let jq = |f| run_jq(jq, f, &input, jq_deadline);
             http_request(spec, http, timeout, jq).await
         }
+        // Never executed here: the run actor waits for their outcome
+        // (`run::outside`).
+        NodeKind::Task(_) | NodeKind::Approval(_) | NodeKind::Signal(_) => Err(NodeError::fatal(
+            format!("a {} node waits outside the daemon", node.kind_name()),
+        )),
     }
 }
 

@@ -31,6 +31,9 @@ use crate::result;
 use crate::store::{Commit, NodeRecord, Outcome, RunRecord};
 use crate::workflow::Dag;
 
+mod outside;
+pub use outside::{decision, CheckWaits, IsBusy, PROGRESS_INTERVAL};
+
 /// Cancel the run. Answers `false` if it had already ended.
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -89,11 +92,15 @@ pub struct RunActor {
     running: HashMap<usize, SpawnHandle>,
     /// Commits handed to the Publisher and not yet answered.
     in_flight: usize,
+    /// Nodes waiting on workers, people or signals (`task`, `approval`, `signal`).
+    outside: outside::Waits,
 }
 
 impl RunActor {
-    /// A run actor for `setup`, running filters in `jq` and failing nodes
-    /// whose output is over `max_output_bytes`.
+    /// A run actor for `setup`, running filters in `jq`, failing nodes
+    /// whose output is over `max_output_bytes`, and keeping the waits of
+    /// its outside nodes through `conn`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         setup: RunSetup,
         publisher: Addr<Publisher>,
@@ -102,6 +109,7 @@ impl RunActor {
         jq: jq::Pool,
         max_output_bytes: usize,
         metrics: Metrics,
+        conn: redis::aio::ConnectionManager,
     ) -> Self {
         Self {
             setup,
@@ -113,6 +121,7 @@ impl RunActor {
             metrics,
             running: HashMap::new(),
             in_flight: 0,
+            outside: outside::Waits::new(conn),
         }
     }
 
@@ -171,6 +180,9 @@ impl RunActor {
     fn launch(&mut self, i: usize, ctx: &mut Context<Self>) {
         if self.setup.state.nodes()[i] != NodeStatus::Active || self.running.contains_key(&i) {
             return;
+        }
+        if self.setup.dag.node(i).waits_outside() {
+            return self.launch_wait(i, ctx);
         }
         self.setup.records[i].attempt += 1;
         let spec = self.setup.dag.node(i).clone();
@@ -382,6 +394,7 @@ impl RunActor {
                 Some(Outcome::Applied(_)) => {
                     if let Some(outcome) = ended {
                         act.metrics.runs.with_label_values(&[outcome]).inc();
+                        act.release_waits(ctx);
                     }
                     then(act, ctx)
                 }

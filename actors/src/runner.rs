@@ -40,6 +40,9 @@ use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
 use crate::store::requests::{self, Request};
 use crate::store::{leases, runs, Commit, NodeRecord, Outcome, RunRecord};
 
+mod outside;
+pub use outside::WaitsChanged;
+
 /// Runner settings.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -305,6 +308,7 @@ impl Runner {
             self.jq.clone(),
             self.cfg.max_output_bytes,
             self.metrics.clone(),
+            self.conn.clone(),
         );
         self.runs.insert(run_id, actor.start());
     }
@@ -632,16 +636,27 @@ impl Handler<Drain> for Runner {
     }
 }
 
-/// How many runs are live (or being initialised) here.
+/// How many runs are busy here: being initialised, or with work in the
+/// daemon ([`run::IsBusy`]); runs that only wait on the outside need no
+/// grace.
 #[derive(Message)]
 #[rtype(result = "usize")]
 struct LiveRuns;
 
 impl Handler<LiveRuns> for Runner {
-    type Result = usize;
+    type Result = ResponseFuture<usize>;
 
-    fn handle(&mut self, _: LiveRuns, _ctx: &mut Self::Context) -> usize {
-        self.runs.len() + self.initialising.len()
+    fn handle(&mut self, _: LiveRuns, _ctx: &mut Self::Context) -> Self::Result {
+        let actors: Vec<Addr<RunActor>> = self.runs.values().cloned().collect();
+        let initialising = self.initialising.len();
+        Box::pin(async move {
+            let busy = futures_util::future::join_all(actors.iter().map(|a| a.send(run::IsBusy)))
+                .await
+                .into_iter()
+                .filter(|b| matches!(b, Ok(true)))
+                .count();
+            busy + initialising
+        })
     }
 }
 

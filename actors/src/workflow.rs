@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::jq;
+use crate::outside::spec::{self as outside, ApprovalSpec, SignalSpec, TaskSpec};
 
 /// Upper bound on nodes per workflow unless configured otherwise.
 pub const DEFAULT_MAX_NODES: usize = 10_000;
@@ -64,6 +65,12 @@ pub enum NodeKind {
     },
     /// An HTTP request whose JSON (or text) response is the output.
     Http(HttpSpec),
+    /// Work handed to the user's workers over a durable queue.
+    Task(TaskSpec),
+    /// Waits for the run's owner to approve or reject.
+    Approval(ApprovalSpec),
+    /// Waits for a named signal posted to the run.
+    Signal(SignalSpec),
 }
 
 /// An `http` node's request.
@@ -129,7 +136,19 @@ impl NodeSpec {
             NodeKind::Transform { .. } => "transform",
             NodeKind::Delay { .. } => "delay",
             NodeKind::Http(_) => "http",
+            NodeKind::Task(_) => "task",
+            NodeKind::Approval(_) => "approval",
+            NodeKind::Signal(_) => "signal",
         }
+    }
+
+    /// True for the kinds that wait for something outside the daemon
+    /// (`task`, `approval`, `signal`).
+    pub fn waits_outside(&self) -> bool {
+        matches!(
+            self.kind,
+            NodeKind::Task(_) | NodeKind::Approval(_) | NodeKind::Signal(_)
+        )
     }
 }
 
@@ -174,7 +193,7 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     validate_name("tag", tag)
 }
 
-fn validate_name(what: &str, s: &str) -> Result<(), String> {
+pub(crate) fn validate_name(what: &str, s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err(format!("{what} is empty"));
     }
@@ -202,6 +221,9 @@ const KINDS: &[(&str, &[&str])] = &[
     ("transform", &["filter"]),
     ("delay", &["ms"]),
     ("http", &["method", "url", "url_filter", "headers", "body"]),
+    ("task", &["queue", "input", "heartbeat_ms"]),
+    ("approval", &["prompt", "on_timeout"]),
+    ("signal", &["name"]),
 ];
 
 /// "a string", "an object", ... for messages.
@@ -301,6 +323,18 @@ impl NodeSpec {
             "delay" => NodeKind::Delay {
                 ms: required(&mut m, &who, "ms")?,
             },
+            "task" => NodeKind::Task(TaskSpec {
+                queue: required(&mut m, &who, "queue")?,
+                input: field(&mut m, &who, "input")?,
+                heartbeat_ms: field(&mut m, &who, "heartbeat_ms")?,
+            }),
+            "approval" => NodeKind::Approval(ApprovalSpec {
+                prompt: field(&mut m, &who, "prompt")?,
+                on_timeout: field(&mut m, &who, "on_timeout")?.unwrap_or_default(),
+            }),
+            "signal" => NodeKind::Signal(SignalSpec {
+                name: required(&mut m, &who, "name")?,
+            }),
             _ => NodeKind::Http(HttpSpec {
                 method: field(&mut m, &who, "method")?.unwrap_or_else(default_method),
                 url: field(&mut m, &who, "url")?,
@@ -454,6 +488,9 @@ fn check_node(n: &NodeSpec) -> Result<(), String> {
                 }
             }
         }
+        NodeKind::Task(t) => outside::check_task(t, n.timeout_ms).or_else(bad)?,
+        NodeKind::Approval(a) => outside::check_approval(a, n.timeout_ms).or_else(bad)?,
+        NodeKind::Signal(sg) => outside::check_signal(sg, n.timeout_ms).or_else(bad)?,
     }
     if let Some(r) = n.retry {
         if r.max_attempts == 0 || r.max_attempts > 100 {

@@ -77,7 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The 405 answer of a resource that supports only `allow`.
-fn not_allowed(allow: &'static str) -> Route {
+pub(crate) fn not_allowed(allow: &'static str) -> Route {
     web::to(move |req: HttpRequest| async move {
         let mut resp = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -96,7 +96,7 @@ fn not_allowed(allow: &'static str) -> Route {
 }
 
 /// Checks that a JSON body is an object with no fields but `allowed`.
-fn fields(body: Value, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn fields(body: Value, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
     let expected = || {
         allowed
             .iter()
@@ -121,7 +121,10 @@ fn fields(body: Value, allowed: &[&str]) -> Result<Map<String, Value>, ApiError>
 }
 
 /// Reads an optional JSON body within the body limit: `None` when empty.
-async fn optional_json(payload: web::Payload, limit: usize) -> Result<Option<Value>, ApiError> {
+pub(crate) async fn optional_json(
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Option<Value>, ApiError> {
     let bytes = match payload.to_bytes_limited(limit).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
@@ -343,7 +346,11 @@ async fn submit(
 }
 
 /// Loads a run the caller owns; another user's run is a 404, as if absent.
-async fn owned_run(st: &AppState, user: &User, id: &str) -> Result<store::RunRecord, ApiError> {
+pub(crate) async fn owned_run(
+    st: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<store::RunRecord, ApiError> {
     check_run_id(id)?;
     match runs::load(&mut st.redis.clone(), id).await? {
         Some(r) if r.user == user.0 => Ok(r),

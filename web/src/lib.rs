@@ -8,6 +8,9 @@
 //!   [`auth::stream_user`], the one rule for the user of a WebSocket or SSE
 //!   request;
 //! - [`api`]: the REST API under `/api/v1`;
+//! - [`tasks`]: the worker protocol (`/api/v1/tasks/...`): claim with
+//!   long-poll, heartbeat, complete, fail;
+//! - [`decisions`]: approvals' decisions and signals posted to runs;
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`ws`]: the `/ws` upgrade and its query parameters;
 //! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection;
@@ -18,10 +21,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod decisions;
 pub mod error;
 pub mod health;
 pub mod session;
 pub mod state;
+pub mod tasks;
 pub mod views;
 pub mod ws;
 
@@ -59,7 +64,10 @@ async fn no_route(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse
 pub fn configure_api(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         common(cfg, &st);
-        cfg.configure(api::configure)
+        // Before the `/api/v1` scope, which would answer their paths itself.
+        cfg.configure(tasks::configure)
+            .configure(decisions::configure)
+            .configure(api::configure)
             .default_service(web::to(no_route));
     }
 }

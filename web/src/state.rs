@@ -23,6 +23,8 @@ pub struct Limits {
     pub max_list: usize,
     /// Each user's run quotas (active runs, runs per second).
     pub run_quota: RunQuota,
+    /// Largest node output a worker may report, and largest signal payload.
+    pub max_output_bytes: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
             max_nodes: flowcast_actors::workflow::DEFAULT_MAX_NODES,
             max_list: 1000,
             run_quota: RunQuota::default(),
+            max_output_bytes: flowcast_actors::runner::DEFAULT_MAX_OUTPUT_BYTES,
         }
     }
 }
@@ -86,4 +89,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// How callers are identified.
     pub auth: crate::auth::Auth,
+    /// Task claims long-polling in this process.
+    pub waiters: flowcast_actors::outside::Waiters,
 }

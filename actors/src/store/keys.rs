@@ -20,6 +20,11 @@
 //! | [`result`] `flowcast:result:{ref}` | string | a node output's canonical JSON |
 //! | [`channel`] `workflow:events:{u}` | channel | the seed's PubSub channel |
 //! | [`CONTROL`] `flowcast:control` | channel | run ids whose owner asked to cancel them |
+//! | [`wait`] `flowcast:wait:{id}` | hash | one attempt of a `task`, `approval` or `signal` node (fields: [`wait_field`]); expires once final |
+//! | [`task_queue`] `flowcast:user:{u}:queue:{q}` | sorted set | the user's claimable tasks on queue `q`, by enqueue time |
+//! | [`run_signals`] `flowcast:run:{id}:signals` | hash | signals posted to the run: name → JSON payload |
+//! | [`TASKS_READY`] `flowcast:tasks:ready` | channel | `[user, queue]` of a task that became claimable (wakes long-polls) |
+//! | [`WAITS_SETTLED`] `flowcast:waits:settled` | channel | a wait id (or run id) whose run has something to apply (wakes its run actor) |
 
 /// The shared catalogue of workflows (hash: tag → JSON): the operator's
 /// `--workflows-dir`, visible to every user, read-only through the API.
@@ -38,6 +43,30 @@ pub const CONTROL: &str = "flowcast:control";
 pub const RESULT_PREFIX: &str = "flowcast:result:";
 /// Prefix of the seed's per-user channels; the rest is the username.
 pub const CHANNEL_PREFIX: &str = "workflow:events:";
+/// Prefix of run hashes (scripts that find a run by id append it).
+pub const RUN_PREFIX: &str = "flowcast:run:";
+/// Prefix of wait records (scripts that pop ids from a queue append them).
+pub const WAIT_PREFIX: &str = "flowcast:wait:";
+/// Channel announcing `[user, queue]` of a task that became claimable.
+pub const TASKS_READY: &str = "flowcast:tasks:ready";
+/// Channel announcing a wait id (or a run id) whose run actor has
+/// something to apply: an outcome, a progress report, a signal.
+pub const WAITS_SETTLED: &str = "flowcast:waits:settled";
+
+/// One attempt of a waiting node (`task`, `approval`, `signal`).
+pub fn wait(wait_id: &str) -> String {
+    format!("{WAIT_PREFIX}{wait_id}")
+}
+
+/// A user's claimable tasks on one queue.
+pub fn task_queue(user: &str, queue: &str) -> String {
+    format!("flowcast:user:{user}:queue:{queue}")
+}
+
+/// Signals posted to a run (hash: name → JSON).
+pub fn run_signals(run_id: &str) -> String {
+    format!("flowcast:run:{run_id}:signals")
+}
 
 /// The seed's PubSub channel of a user.
 pub fn channel(user: &str) -> String {
@@ -46,7 +75,7 @@ pub fn channel(user: &str) -> String {
 
 /// A run's hash.
 pub fn run(run_id: &str) -> String {
-    format!("flowcast:run:{run_id}")
+    format!("{RUN_PREFIX}{run_id}")
 }
 
 /// A run's event list.
@@ -121,4 +150,35 @@ pub mod field {
     pub fn node(node_id: &str) -> String {
         format!("{NODE_PREFIX}{node_id}")
     }
+}
+
+/// Fields of a wait record ([`wait`]), as the `lua/wait_*.lua` and
+/// `lua/task_*.lua` scripts spell them (checked by a unit test in
+/// `store::waits`).
+pub mod wait_field {
+    /// Every field a wait record may have.
+    pub const ALL: &[&str] = &[
+        "kind",
+        "user",
+        "run_id",
+        "node_id",
+        "attempt",
+        "queue",
+        "signal",
+        "input",
+        "state",
+        "created_ms",
+        "deadline_ms",
+        "lease_ms",
+        "lease_until",
+        "token",
+        "worker_id",
+        "claimed_ms",
+        "output",
+        "error",
+        "retryable",
+        "progress",
+        "message",
+        "progress_n",
+    ];
 }

@@ -14,7 +14,11 @@
 //! - [`history`]: the per-user event history read by resuming sessions;
 //! - [`requests`]: the run-request stream and its consumer group;
 //! - [`leases`]: which runner drives which run;
-//! - [`workflows`]: each user's own workflows and the shared catalogue.
+//! - [`workflows`]: each user's own workflows and the shared catalogue;
+//! - [`waits`]: one attempt of a `task`, `approval` or `signal` node, its
+//!   deadlines, decisions and signals;
+//! - [`tasks`]: task queues, claims and workers' reports, and the notices
+//!   that wake long-polls and run actors.
 
 use std::time::Duration;
 
@@ -27,6 +31,8 @@ pub mod leases;
 pub mod requests;
 pub mod runs;
 pub mod script;
+pub mod tasks;
+pub mod waits;
 pub mod workflows;
 
 pub use commit::{Commit, Outcome};

@@ -1,0 +1,120 @@
+//! The node kinds whose work is done outside the daemon, as users write
+//! them: `task` (handed to workers over a durable queue), `approval` (a
+//! person's decision) and `signal` (a named JSON payload posted to the run).
+//!
+//! They live here rather than in `workflow` so that the workflow model only
+//! names them; what each field means and how it is checked is in one place.
+
+use serde::{Deserialize, Serialize};
+
+/// The lease of a claimed task when its node sets no `heartbeat_ms`.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+/// Shortest lease a task node may ask for.
+pub const MIN_LEASE_MS: u64 = 100;
+/// Longest lease a task node may ask for (an hour).
+pub const MAX_LEASE_MS: u64 = 3_600_000;
+/// Longest `timeout_ms` of a waiting node (a year).
+pub const MAX_WAIT_TIMEOUT_MS: u64 = 365 * 86_400_000;
+
+/// A `task` node: its input is queued on `queue` for the user's workers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskSpec {
+    /// The queue workers claim it from (per user).
+    pub queue: String,
+    /// A jq filter over `{inputs, nodes}` whose result is the task's input
+    /// (default: `{inputs, nodes}` itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// The lease: a claimed task whose worker neither heartbeats nor
+    /// finishes it within this many ms is given up (that attempt fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl TaskSpec {
+    /// The lease of a claim, in ms.
+    pub fn lease_ms(&self) -> u64 {
+        self.heartbeat_ms.unwrap_or(DEFAULT_LEASE_MS)
+    }
+}
+
+/// What an approval decides when nobody decided before its timeout.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// Rejected (the default).
+    #[default]
+    Reject,
+    /// Approved.
+    Approve,
+}
+
+/// An `approval` node: waits for the run's owner to approve or reject.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalSpec {
+    /// A jq filter over `{inputs, nodes}` rendering what is asked (default:
+    /// "approve <node>?").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The decision taken at `timeout_ms` if nobody decided.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_timeout: OnTimeout,
+}
+
+fn is_default(t: &OnTimeout) -> bool {
+    *t == OnTimeout::default()
+}
+
+/// A `signal` node: completes with the JSON body posted to
+/// `/api/v1/runs/{id}/signals/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignalSpec {
+    /// The signal's name.
+    pub name: String,
+}
+
+/// Checks a queue or signal name: 1–128 bytes of letters, digits and
+/// `-_.:@` (they appear in URLs and keys).
+pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+    crate::workflow::validate_name(what, name)
+}
+
+/// Checks what the three kinds add to a node; the error is about the node
+/// (the caller prefixes its id).
+pub fn check_task(t: &TaskSpec, timeout_ms: Option<u64>) -> Result<(), String> {
+    validate_name("queue", &t.queue)?;
+    if let Some(Err(e)) = t.input.as_deref().map(crate::jq::check) {
+        return Err(format!("input: invalid jq filter: {e}"));
+    }
+    if let Some(ms) = t.heartbeat_ms {
+        if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&ms) {
+            return Err(format!(
+                "heartbeat_ms must be between {MIN_LEASE_MS} and {MAX_LEASE_MS}, not {ms}"
+            ));
+        }
+    }
+    check_timeout(timeout_ms)
+}
+
+/// See [`check_task`].
+pub fn check_approval(a: &ApprovalSpec, timeout_ms: Option<u64>) -> Result<(), String> {
+    if let Some(Err(e)) = a.prompt.as_deref().map(crate::jq::check) {
+        return Err(format!("prompt: invalid jq filter: {e}"));
+    }
+    check_timeout(timeout_ms)
+}
+
+/// See [`check_task`].
+pub fn check_signal(s: &SignalSpec, timeout_ms: Option<u64>) -> Result<(), String> {
+    validate_name("signal name", &s.name)?;
+    check_timeout(timeout_ms)
+}
+
+fn check_timeout(timeout_ms: Option<u64>) -> Result<(), String> {
+    match timeout_ms {
+        Some(ms) if ms > MAX_WAIT_TIMEOUT_MS => Err(format!(
+            "timeout_ms of {ms} is longer than a year ({MAX_WAIT_TIMEOUT_MS})"
+        )),
+        _ => Ok(()),
+    }
+}
