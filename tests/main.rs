@@ -15,4 +15,6 @@ mod replay;
 mod runs;
 mod sandbox;
 mod seed;
+mod tasks;
 mod tenancy;
+mod workers;

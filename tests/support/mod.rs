@@ -14,7 +14,9 @@
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
 //! - [`cli`]: the command-line client (`flowcast run`, `tail`, ...) run as
 //!   a process, and a TCP proxy that cuts its connections;
-//! - [`wait`]: polling a condition with a deadline.
+//! - [`wait`]: polling a condition with a deadline;
+//! - [`tasks`]: the worker protocol, decisions, signals, waiting for a
+//!   run's events, and the worker libraries run as processes.
 //!
 //! [`start`] is the usual first line of a test: a private Redis and a ready
 //! daemon. Tests that need another order (two daemons, a Redis restart
@@ -31,6 +33,7 @@ mod daemon;
 mod http;
 mod metrics;
 mod redis;
+mod tasks;
 mod wait;
 mod ws;
 
@@ -42,6 +45,7 @@ pub use self::daemon::*;
 pub use self::http::*;
 pub use self::metrics::*;
 pub use self::redis::*;
+pub use self::tasks::*;
 pub use self::wait::*;
 pub use self::ws::*;
 

@@ -75,7 +75,7 @@ async fn decide(
 ) -> Result<HttpResponse, ApiError> {
     let (run_id, node_id) = path.into_inner();
     let comment = match optional_json(payload, st.limits.max_body_bytes).await? {
-        None => None,
+        None | Some(Value::Null) => None,
         Some(body) => match fields(body, &["comment"])?.remove("comment") {
             None | Some(Value::Null) => None,
             Some(Value::String(c)) if c.len() <= MAX_COMMENT_BYTES => Some(c),
