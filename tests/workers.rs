@@ -1,1 +1,183 @@
-//! placeholder
+//! The worker libraries that ship with flowcast (`clients/python`,
+//! `clients/js`), run as real processes against the real daemon: their
+//! examples work a run together, a worker killed mid-task (SIGKILL) has its
+//! task handed out again after its lease, with the next attempt, and a
+//! worker stops gracefully on SIGTERM.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+const PY_SLOW: &str = r#"
+import os, time
+from flowcast_worker import Worker
+
+def handle(task):
+    if task.attempt == 1:
+        open(os.environ["MARK"], "w").write(task.task_id)
+        while True:
+            time.sleep(1)
+    return {"attempt": task.attempt, "by": "python"}
+
+Worker(os.environ["FLOWCAST_API"], queues=["slow"], handler=handle,
+       user=os.environ["FLOWCAST_USER"], wait_ms=2000).run()
+"#;
+
+const JS_SLOW: &str = r#"
+import fs from "node:fs";
+import { Worker } from "@JS_LIB@";
+
+await new Worker({
+  api: process.env.FLOWCAST_API, user: process.env.FLOWCAST_USER, queues: ["slow"], waitMs: 2000,
+  handler: async (task) => {
+    if (task.attempt === 1) {
+      fs.writeFileSync(process.env.MARK, task.taskId);
+      await new Promise(() => {});
+    }
+    return { attempt: task.attempt, by: "node" };
+  },
+}).run();
+"#;
+
+#[actix_rt::test]
+async fn a_run_with_a_python_worked_and_a_node_worked_node_completes() {
+    let (_redis, d) = start(&[]).await;
+    register(
+        &d,
+        "wes",
+        &json!({"tag": "polyglot", "nodes": [
+            {"id": "py", "kind": "task", "queue": "py", "input": "{name: .inputs.name}"},
+            {"id": "js", "kind": "task", "queue": "js", "depends_on": ["py"],
+             "input": "{name: .nodes.py.greeting}"},
+            {"id": "end", "kind": "transform", "depends_on": ["js"], "filter": ".nodes.js.greeting"}
+        ]}),
+    )
+    .await;
+    let py_example = repo().join("clients/python/examples/worker.py");
+    let js_example = repo().join("clients/js/examples/worker.mjs");
+    let mut py = WorkerProc::spawn(
+        Lang::Python,
+        &d,
+        "wes",
+        &std::fs::read_to_string(py_example).unwrap(),
+        &[("FLOWCAST_QUEUE", "py")],
+    );
+    let mut js = WorkerProc::spawn(
+        Lang::Js,
+        &d,
+        "wes",
+        &std::fs::read_to_string(js_example)
+            .unwrap()
+            .replace("../src/index.js", "@JS_LIB@"),
+        &[("FLOWCAST_QUEUE", "js")],
+    );
+    let runs: Vec<String> = {
+        let mut v = Vec::new();
+        for name in ["Ada", "Grace", "Linus"] {
+            v.push(start_run(&d, "wes", "polyglot", json!({"name": name})).await);
+        }
+        v
+    };
+    for (run, name) in runs.iter().zip(["Ada", "Grace", "Linus"]) {
+        let done = wait_run(&d, "wes", run, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let py_out = node_output(&d, "wes", &done, "py").await;
+        assert_eq!(py_out["by"], "python");
+        assert_eq!(py_out["greeting"], format!("hello {name}"));
+        assert_eq!(node_output(&d, "wes", &done, "js").await["by"], "node");
+        assert_eq!(
+            node_output(&d, "wes", &done, "end").await,
+            json!(format!("hello hello {name}"))
+        );
+        let events = run_events(&d, "wes", run).await;
+        for node in ["py", "js"] {
+            assert!(
+                count(&events, "node_progress", Some(node)) >= 1,
+                "{events:?}"
+            );
+            assert_eq!(count(&events, "node_completed", Some(node)), 1);
+        }
+        // Progress comes before the completion it precedes.
+        let last_progress = events
+            .iter()
+            .rposition(|e| e["type"] == "node_progress" && e["node_id"] == "py");
+        let completed = events
+            .iter()
+            .position(|e| e["type"] == "node_completed" && e["node_id"] == "py");
+        assert!(last_progress < completed, "{events:?}");
+    }
+    // A graceful stop: both exit 0 on SIGTERM.
+    for w in [&mut py, &mut js] {
+        let status = w.terminate(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{}: {status:?}",
+            w.name
+        );
+    }
+    assert_no_panic(&d);
+}
+
+async fn killed_mid_task(lang: Lang, script: &str) {
+    let (_redis, d) = start(&[]).await;
+    register(
+        &d,
+        "kay",
+        &json!({"tag": "slow", "nodes": [
+            {"id": "work", "kind": "task", "queue": "slow", "heartbeat_ms": 2000,
+             "retry": {"max_attempts": 3, "backoff_ms": 0}}
+        ]}),
+    )
+    .await;
+    let mark =
+        std::env::temp_dir().join(format!("flowcast-mark-{}", uuid::Uuid::new_v4().simple()));
+    let mark_s = mark.to_string_lossy().into_owned();
+    let mut first = WorkerProc::spawn(lang, &d, "kay", script, &[("MARK", &mark_s)]);
+    let run = start_run(&d, "kay", "slow", json!({})).await;
+    wait_until("the first worker took the task", T, || mark.exists()).await;
+    // Heartbeats keep the lease while the handler runs, beyond the lease.
+    actix_rt::time::sleep(Duration::from_millis(3000)).await;
+    let view = get(&format!("{}/api/v1/runs/{run}", d.api), Some("kay")).await;
+    assert_eq!(view.body["status"], "running", "{}", view.text);
+    let events = run_events(&d, "kay", &run).await;
+    assert_eq!(
+        count(&events, "node_failed", None),
+        0,
+        "the lease held: {events:?}"
+    );
+
+    first.kill9();
+    let _second = WorkerProc::spawn(lang, &d, "kay", script, &[("MARK", &mark_s)]);
+    let done = wait_run(&d, "kay", &run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let out = node_output(&d, "kay", &done, "work").await;
+    assert_eq!(out["attempt"], 2, "{out}");
+    let events = run_events(&d, "kay", &run).await;
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "node_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0]["attempt"], 1);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("lease expired"),
+        "{failed:?}"
+    );
+    assert_eq!(count(&events, "node_completed", Some("work")), 1);
+    let _ = std::fs::remove_file(mark);
+}
+
+#[actix_rt::test]
+async fn a_python_worker_killed_mid_task_has_its_task_handed_out_again() {
+    killed_mid_task(Lang::Python, PY_SLOW).await;
+}
+
+#[actix_rt::test]
+async fn a_node_worker_killed_mid_task_has_its_task_handed_out_again() {
+    killed_mid_task(Lang::Js, JS_SLOW).await;
+}
