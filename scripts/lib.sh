@@ -29,6 +29,29 @@ _as_root() {
 #
 # The package may try to start a Redis service on install; nothing here relies
 # on that (there may be no systemd): callers start their own Redis.
+# Makes sure python3 (3.9+) and node (18+) are on PATH: the worker
+# libraries' tests and the integration tests that run real workers need
+# them. Installs Debian's python3 / nodejs with apt-get when missing.
+ensure_worker_runtimes() {
+    local missing=()
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        if ! command -v apt-get >/dev/null 2>&1; then
+            log_error "${missing[*]} not found and apt-get is not available: install Python 3.9+ and Node 18+"
+            exit 1
+        fi
+        log_info "${missing[*]} not found; installing with apt-get"
+        _as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+        _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+        hash -r
+    fi
+    if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
+        log_error "node $(node --version) is too old: the JavaScript worker library needs Node 18+"
+        exit 1
+    fi
+}
+
 ensure_redis_installed() {
     if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
         return 0

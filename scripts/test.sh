@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check flowcast has: formatting, clippy, and the whole test suite
-# (unit and integration tests, against real Redis servers).
+# Runs every check flowcast has: formatting, clippy, the worker libraries'
+# own tests (clients/python, clients/js), and the whole test suite (unit and
+# integration tests, against real Redis servers, with real worker processes).
 #
 # Makes sure redis-server and redis-cli are installed (apt-get when missing;
 # CI runs this as root on a clean Debian machine). It does not start a Redis:
@@ -34,6 +35,7 @@ trap on_exit EXIT
 
 ensure_cargo
 ensure_redis_installed
+ensure_worker_runtimes
 FLOWCAST_TEST_REDIS_SERVER="$(command -v redis-server)"
 export FLOWCAST_TEST_REDIS_SERVER
 log_info "redis-server for the tests: ${FLOWCAST_TEST_REDIS_SERVER} ($(redis-server --version | head -n 1))"
@@ -57,6 +59,16 @@ else
     log_info "note: clippy is not installed, skipping lints (rustup component add clippy)"
     summary+=(" clippy SKIPPED")
 fi
+
+step="python worker library tests"
+log_info "$step (python3 -m unittest, $(python3 --version))"
+python3 -m unittest discover -s clients/python/tests
+summary+=(" python ok")
+
+step="javascript worker library tests"
+log_info "$step (node --test, node $(node --version))"
+node --test clients/js/test/
+summary+=(" js ok")
 
 step="cargo test --workspace"
 log_info "$step $*"
