@@ -129,6 +129,8 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         rcfg.jq_worker = flowcast_actors::jq::WorkerCommand::current_exe()
             .context("cannot find this executable to start jq evaluators")?;
         log::info!("runner instance {}", rcfg.instance_id);
+        // Cancel requests from other instances arrive through the one control
+        // subscription of `outside::listen` below, not `Runner::with_control`.
         let r = Runner::new(
             rcfg,
             redis.clone(),
@@ -136,8 +138,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
             publisher,
             metrics.clone(),
             shutdown.clone(),
-        )
-        .with_control(client.clone());
+        );
         runner = Some(Supervisor::start(move |_| r));
     }
 
@@ -167,12 +168,12 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         waiters: flowcast_actors::outside::Waiters::default(),
     };
     if cfg.role.runs_runner() {
-        // Wakes long-polling claims and the run actors waiting on the outside.
-        let runner = runner.clone().map(|r| r.recipient());
+        // The runner's control subscription: wakes long-polling claims and
+        // the run actors waiting on the outside, forwards cancel requests.
         actix_rt::spawn(flowcast_actors::outside::listen(
             client.clone(),
             state.waiters.clone(),
-            runner,
+            runner.clone(),
             shutdown.clone(),
         ));
     }

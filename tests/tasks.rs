@@ -137,6 +137,48 @@ async fn a_waiting_claim_gets_the_task_worked_outside_and_the_run_completes() {
 }
 
 #[actix_rt::test]
+async fn progress_reports_are_coalesced_to_about_ten_a_second_per_node() {
+    let (_redis, d) = start(&[]).await;
+    register(&d, "pat", &task_flow("progress", json!({}))).await;
+    let run = start_run(&d, "pat", "progress", json!({})).await;
+    let t = claim_one(&d, "pat", "q").await;
+    let id = t["task_id"].as_str().unwrap();
+    let began = std::time::Instant::now();
+    for i in 1..=40 {
+        let r = task_report(
+            &d,
+            "pat",
+            id,
+            "heartbeat",
+            &json!({"token": t["token"], "progress": f64::from(i) / 40.0}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // The last report is published, whenever it came.
+    wait_event(&d, "pat", &run, "node_progress", T, |e| {
+        e["progress"] == 1.0
+    })
+    .await;
+    let elapsed_ms = began.elapsed().as_millis() as usize;
+    complete(&d, "pat", &t, json!({"answer": 1})).await;
+    wait_run(&d, "pat", &run, T).await;
+    let events = run_events(&d, "pat", &run).await;
+    let progress: Vec<f64> = events
+        .iter()
+        .filter(|e| e["type"] == "node_progress")
+        .map(|e| e["progress"].as_f64().unwrap())
+        .collect();
+    // At most one per 100 ms of reporting (plus the first and the last).
+    assert!(
+        progress.len() <= elapsed_ms / 100 + 2,
+        "{} events in {elapsed_ms} ms",
+        progress.len()
+    );
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+}
+
+#[actix_rt::test]
 async fn a_lapsed_lease_hands_the_task_out_again_with_the_next_attempt() {
     let (_redis, d) = start(&[]).await;
     register(

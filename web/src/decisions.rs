@@ -30,6 +30,7 @@ use crate::api::{fields, not_allowed, optional_json, owned_run};
 use crate::auth::User;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::tasks::within_output_limit;
 
 /// Longest decision comment, in bytes.
 pub const MAX_COMMENT_BYTES: usize = 4096;
@@ -166,17 +167,7 @@ async fn signal(
         .await?
         .unwrap_or(Value::Null);
     let text = body.to_string();
-    let limit = st.limits.max_output_bytes;
-    if text.len() > limit {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "the signal's payload is {} bytes, over the limit of {limit} bytes (--max-output-bytes)",
-                text.len()
-            ),
-        ));
-    }
+    within_output_limit(&st, "payload_too_large", "the signal's payload", text.len())?;
     let run = owned_run(&st, &user, &run_id).await?;
     let listens = run
         .workflow

@@ -203,6 +203,24 @@ async fn claim(
     Ok(HttpResponse::Ok().json(json!({ "tasks": tasks })))
 }
 
+/// A 413 `code` when `what`, `len` bytes long, is over `--max-output-bytes`.
+pub(crate) fn within_output_limit(
+    st: &AppState,
+    code: &'static str,
+    what: &str,
+    len: usize,
+) -> Result<(), ApiError> {
+    let limit = st.limits.max_output_bytes;
+    if len <= limit {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        code,
+        format!("{what} is {len} bytes, over the limit of {limit} bytes (--max-output-bytes)"),
+    ))
+}
+
 fn task_id_of(path: &str) -> Result<WaitId, ApiError> {
     WaitId::parse(path).ok_or_else(|| {
         ApiError::bad_request(
@@ -301,17 +319,17 @@ async fn report(
                 ));
             };
             let (_, bytes) = result::address(&out);
-            let limit = st.limits.max_output_bytes;
-            if bytes.len() > limit {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "output_too_large",
-                    format!(
-                        "the output is {} bytes (canonical JSON), over the limit of {limit} bytes (--max-output-bytes); the task is still yours: fail it, or complete it with less",
-                        bytes.len()
-                    ),
-                ));
-            }
+            within_output_limit(
+                &st,
+                "output_too_large",
+                "the output (canonical JSON)",
+                bytes.len(),
+            )
+            .map_err(|mut e| {
+                e.message
+                    .push_str("; the task is still yours: fail it, or complete it with less");
+                e
+            })?;
             output = out.to_string();
             Report::Complete { output: &output }
         }

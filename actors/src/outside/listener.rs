@@ -1,6 +1,8 @@
-//! The process's one subscription to the notices of work done outside:
-//! `TASKS_READY` wakes a long-polling claim ([`Waiters::ready`]),
-//! `WAITS_SETTLED` tells the runner which run has something to apply.
+//! The runner process's one control subscription: `TASKS_READY` wakes a
+//! long-polling claim ([`Waiters::ready`]), `WAITS_SETTLED` tells the runner
+//! which run has something to apply, and `CONTROL` forwards cancel requests
+//! made through other instances (`runner::CancelRun`; missed ones are found
+//! by the runner's sweep).
 //!
 //! Notices are PubSub messages, lost while the connection is down; so every
 //! (re)subscription is followed by a wake-up of every waiting claim and a
@@ -11,13 +13,13 @@
 
 use std::time::Duration;
 
-use actix::Recipient;
+use actix::Addr;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Waiters;
 use crate::backoff::Backoff;
-use crate::runner::WaitsChanged;
+use crate::runner::{CancelRun, Runner, WaitsChanged};
 use crate::store::tasks::{self, Notice};
 
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -27,7 +29,7 @@ const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from
 pub async fn listen(
     client: redis::Client,
     waiters: Waiters,
-    runner: Option<Recipient<WaitsChanged>>,
+    runner: Option<Addr<Runner>>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF;
@@ -55,6 +57,11 @@ pub async fn listen(
                                     run_id: Some(run_id),
                                     node,
                                 });
+                            }
+                        }
+                        Notice::Cancel { run_id } => {
+                            if let Some(r) = &runner {
+                                r.do_send(CancelRun { run_id });
                             }
                         }
                     }

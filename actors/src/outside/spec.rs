@@ -118,3 +118,75 @@ fn check_timeout(timeout_ms: Option<u64>) -> Result<(), String> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::workflow::{NodeKind, Workflow, DEFAULT_MAX_NODES};
+    use serde_json::json;
+
+    #[test]
+    fn outside_kinds_parse_store_and_parse_back_unchanged() {
+        let v = json!({"tag": "outside", "nodes": [
+            {"id": "t", "kind": "task", "queue": "gpu.big", "input": "{x: .inputs.x}",
+             "heartbeat_ms": 500, "timeout_ms": 60000, "retry": {"max_attempts": 3}},
+            {"id": "a", "kind": "approval", "prompt": "\"ok?\"", "on_timeout": "approve",
+             "timeout_ms": 1000, "depends_on": ["t"]},
+            {"id": "s", "kind": "signal", "name": "paid", "depends_on": ["a"]},
+            {"id": "bare", "kind": "task", "queue": "q"}
+        ]});
+        let w = Workflow::from_json(v).unwrap();
+        let stored = serde_json::to_value(&w).unwrap();
+        assert_eq!(Workflow::from_json(stored.clone()).unwrap(), w);
+        assert_eq!(serde_json::from_value::<Workflow>(stored).unwrap(), w);
+        let dag = w.compile(DEFAULT_MAX_NODES).unwrap();
+        assert!(dag.node(0).waits_outside() && dag.node(2).waits_outside());
+        match &dag.node(3).kind {
+            NodeKind::Task(t) => assert_eq!(t.lease_ms(), super::DEFAULT_LEASE_MS),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_outside_nodes_are_refused_naming_node_and_field() {
+        for (node, says) in [
+            (
+                json!({"id": "t", "kind": "task", "queue": ""}),
+                "queue is empty",
+            ),
+            (
+                json!({"id": "t", "kind": "task", "queue": "a/b"}),
+                "queue \"a/b\" contains '/'",
+            ),
+            (
+                json!({"id": "t", "kind": "task", "queue": "q", "heartbeat_ms": 5_000_000}),
+                "heartbeat_ms",
+            ),
+            (
+                json!({"id": "t", "kind": "task", "queue": "q", "input": "input"}),
+                "input: invalid jq filter",
+            ),
+            (
+                json!({"id": "t", "kind": "approval", "prompt": "$ENV"}),
+                "prompt: invalid jq filter",
+            ),
+            (
+                json!({"id": "t", "kind": "approval", "timeout_ms": u64::MAX}),
+                "longer than a year",
+            ),
+            (
+                json!({"id": "t", "kind": "signal", "name": "a b"}),
+                "signal name",
+            ),
+            (
+                json!({"id": "t", "kind": "approval", "on_timeout": "maybe"}),
+                "on_timeout",
+            ),
+        ] {
+            let e = Workflow::from_json(json!({"tag": "w", "nodes": [node.clone()]}))
+                .and_then(|w| w.compile(DEFAULT_MAX_NODES).map(|_| ()))
+                .unwrap_err();
+            assert!(e.starts_with("node \"t\""), "{node}: {e}");
+            assert!(e.contains(says), "{node}: {e}");
+        }
+    }
+}

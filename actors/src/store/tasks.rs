@@ -8,9 +8,10 @@
 //! claimed task only with its current token and before its lease lapsed
 //! (`lua/task_report.lua`): a stale or repeated token changes nothing.
 //!
-//! [`notices`] is the one subscription a process needs for the rest: which
-//! queues got a task (to wake long-polling claims) and which waits changed
-//! (to wake their run actors).
+//! [`notices`] is the one control subscription a runner process needs:
+//! which queues got a task (to wake long-polling claims), which waits
+//! changed (to wake their run actors), and which runs their owners asked
+//! to cancel.
 
 use std::sync::LazyLock;
 
@@ -183,15 +184,21 @@ pub enum Notice {
         /// The node's index, when the notice names one wait.
         node: Option<usize>,
     },
+    /// The run's owner asked to cancel it (`runs::request_cancel`).
+    Cancel {
+        /// The run.
+        run_id: String,
+    },
 }
 
-/// Subscribes [`keys::TASKS_READY`] and [`keys::WAITS_SETTLED`] on a
-/// connection of its own; the stream ends when that connection drops.
+/// Subscribes [`keys::TASKS_READY`], [`keys::WAITS_SETTLED`] and
+/// [`keys::CONTROL`] on a connection of its own (a runner process's one
+/// control connection); the stream ends when that connection drops.
 pub async fn notices(
     client: &redis::Client,
 ) -> Result<impl futures_util::Stream<Item = Notice> + Send> {
     let mut ps = client.get_async_pubsub().await?;
-    ps.subscribe(&[keys::TASKS_READY, keys::WAITS_SETTLED])
+    ps.subscribe(&[keys::TASKS_READY, keys::WAITS_SETTLED, keys::CONTROL])
         .await?;
     Ok(ps.into_on_message().filter_map(|m| {
         let notice = match (m.get_channel_name(), m.get_payload::<String>()) {
@@ -205,6 +212,7 @@ pub async fn notices(
                     node,
                 })
             }
+            (keys::CONTROL, Ok(run_id)) => Some(Notice::Cancel { run_id }),
             _ => None,
         };
         futures_util::future::ready(notice)
