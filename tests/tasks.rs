@@ -133,6 +133,21 @@ async fn a_waiting_claim_gets_the_task_worked_outside_and_the_run_completes() {
     );
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+    let m = scrape(&d).await;
+    assert_eq!(m.value("flowcast_tasks_claimed_total", &[]), 1.0);
+    for (report, outcome, n) in [
+        ("heartbeat", "taken", 1.0),
+        ("complete", "taken", 1.0),
+        ("complete", "stale", 2.0),
+    ] {
+        let labels = [("report", report), ("outcome", outcome)];
+        assert_eq!(
+            m.value("flowcast_task_reports_total", &labels),
+            n,
+            "{report} {outcome}"
+        );
+    }
+    assert_eq!(m.value("flowcast_task_claims_waiting", &[]), 0.0);
     assert_no_panic(&d);
 }
 

@@ -39,6 +39,13 @@ pub struct Metrics {
     pub redis_reconnects: IntCounterVec,
     /// Runs currently held by this process's run actors.
     pub live_runs: IntGauge,
+    /// Tasks handed to workers by claims.
+    pub tasks_claimed: IntCounter,
+    /// Workers' reports by kind (`heartbeat`, `complete`, `fail`) and
+    /// outcome (`taken`, `stale`, `missing`).
+    pub task_reports: IntCounterVec,
+    /// Claims long-polling in this process now.
+    pub task_claims_waiting: IntGauge,
 }
 
 impl Default for Metrics {
@@ -115,6 +122,16 @@ impl Metrics {
                 &["component"],
             ),
             live_runs: gauge("live_runs", "Runs held by this process's run actors"),
+            tasks_claimed: counter("tasks_claimed_total", "Tasks handed to workers by claims"),
+            task_reports: counter_vec(
+                "task_reports_total",
+                "Workers' task reports by report and outcome",
+                &["report", "outcome"],
+            ),
+            task_claims_waiting: gauge(
+                "task_claims_waiting",
+                "Task claims long-polling in this process",
+            ),
             registry,
         }
     }

@@ -75,6 +75,19 @@ enum Verb {
     Fail,
 }
 
+/// Runs `f` when dropped.
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
+    Guard(f)
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::invalid_body(message)
 }
@@ -191,6 +204,10 @@ async fn claim(
         return Err(flowcast_actors::Error::ShuttingDown.into());
     }
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    let waiting = st.metrics.task_claims_waiting.clone();
+    waiting.inc();
+    // Counted down however the claim ends (its client may go away).
+    let _waiting = scopeguard(move || waiting.dec());
     let claimed = st
         .waiters
         .claim_until(&user.0, &queues, deadline, &st.shutdown, || {
@@ -199,6 +216,7 @@ async fn claim(
             async move { tasks::claim(&mut conn, user, queues, max, worker_id).await }
         })
         .await?;
+    st.metrics.tasks_claimed.inc_by(claimed.len() as u64);
     let tasks: Vec<Value> = claimed.into_iter().map(task_view).collect();
     Ok(HttpResponse::Ok().json(json!({ "tasks": tasks })))
 }
@@ -357,7 +375,24 @@ async fn report(
             }
         }
     };
-    match tasks::report(&mut st.redis.clone(), &user.0, &task_id, &token, what).await? {
+    let reported = tasks::report(&mut st.redis.clone(), &user.0, &task_id, &token, what).await?;
+    let (name, outcome) = (
+        match **verb {
+            Verb::Heartbeat => "heartbeat",
+            Verb::Complete => "complete",
+            Verb::Fail => "fail",
+        },
+        match reported {
+            Reported::Taken { .. } => "taken",
+            Reported::Missing => "missing",
+            Reported::Stale(_) => "stale",
+        },
+    );
+    st.metrics
+        .task_reports
+        .with_label_values(&[name, outcome])
+        .inc();
+    match reported {
         Reported::Taken { lease_ms } => Ok(HttpResponse::Ok().json(match **verb {
             Verb::Heartbeat => json!({"task_id": task_id.to_string(), "lease_ms": lease_ms}),
             Verb::Complete => json!({"task_id": task_id.to_string(), "status": "completed"}),
