@@ -731,6 +731,13 @@ async fn bad_worker_input_is_a_clear_4xx_and_loses_nothing() {
             "queue",
         ),
         (json!({"queues": ["q/../x"]}), 400, "invalid_queue", "queue"),
+        // Not a way into another user's queues (`user:queue:name` keys).
+        (
+            json!({"queues": ["x:queue:q"]}),
+            400,
+            "invalid_queue",
+            "':'",
+        ),
         (json!({"queues": [""]}), 400, "invalid_queue", "empty"),
         (json!({"queues": []}), 422, "invalid_body", "queues"),
         (json!({"queues": "q"}), 422, "invalid_body", "queues"),

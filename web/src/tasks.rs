@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use flowcast_actors::event::cut_error;
-use flowcast_actors::outside::spec::validate_name;
+use flowcast_actors::outside::spec::validate_queue;
 use flowcast_actors::result;
 use flowcast_actors::store::tasks::{self, Claimed, Report, Reported};
 use flowcast_actors::store::waits::WaitId;
@@ -144,7 +144,7 @@ fn queues_of(m: &mut Map<String, Value>) -> Result<Vec<String>, ApiError> {
                 json_kind(&q)
             )));
         };
-        validate_name("queue", &q).map_err(|m| ApiError::bad_request("invalid_queue", m))?;
+        validate_queue(&q).map_err(|m| ApiError::bad_request("invalid_queue", m))?;
         if !queues.contains(&q) {
             queues.push(q);
         }

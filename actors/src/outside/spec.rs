@@ -73,16 +73,29 @@ pub struct SignalSpec {
     pub name: String,
 }
 
-/// Checks a queue or signal name: 1–128 bytes of letters, digits and
-/// `-_.:@` (they appear in URLs and keys).
+/// Checks a signal name: 1–128 bytes of letters, digits and `-_.:@` (it
+/// appears in URLs).
 pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
     crate::workflow::validate_name(what, name)
+}
+
+/// Checks a queue name: 1–128 bytes of letters, digits and `-_.@`. Not `:`:
+/// a queue's key ends in `:queue:{name}` after the username, so a name
+/// without `:` keeps every user's queues apart whatever the usernames.
+pub fn validate_queue(name: &str) -> Result<(), String> {
+    validate_name("queue", name)?;
+    if name.contains(':') {
+        return Err(format!(
+            "queue {name:?} contains ':'; use letters, digits and - _ . @"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks what the three kinds add to a node; the error is about the node
 /// (the caller prefixes its id).
 pub fn check_task(t: &TaskSpec, timeout_ms: Option<u64>) -> Result<(), String> {
-    validate_name("queue", &t.queue)?;
+    validate_queue(&t.queue)?;
     if let Some(Err(e)) = t.input.as_deref().map(crate::jq::check) {
         return Err(format!("input: invalid jq filter: {e}"));
     }

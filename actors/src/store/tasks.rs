@@ -67,6 +67,7 @@ pub async fn claim<C: ConnectionLike + Send + Sync>(
         worker_id.to_owned(),
         FINAL_TTL.as_secs().to_string(),
         keys::WAITS_SETTLED.to_owned(),
+        user.to_owned(),
     ];
     args.extend((0..max).map(|_| uuid::Uuid::new_v4().simple().to_string()));
     let flat: Vec<String> = CLAIM.invoke(conn, &keys, &args).await?;

@@ -3,8 +3,8 @@
 -- are cancelled and tasks past their deadline timed out on the way.
 -- KEYS: the user's queues.
 -- ARGV: 1 max, 2 wait key prefix, 3 run key prefix, 4 worker id,
---       5 seconds a final record is kept, 6 settled channel, 7.. one token
---       per task that may be claimed.
+--       5 seconds a final record is kept, 6 settled channel, 7 user,
+--       8.. one token per task that may be claimed.
 -- Returns a flat list, 8 per task: id, token, run id, node id, attempt,
 -- queue, input, lease ms. Each claim is announced on the settled channel
 -- (the run actor then watches the lease).
@@ -20,8 +20,8 @@ for q = 1, #KEYS do
     local id = p[1]
     local key = ARGV[2] .. id
     local f = redis.call('HMGET', key, 'state', 'run_id', 'node_id', 'attempt', 'queue',
-      'input', 'lease_ms', 'deadline_ms')
-    if f[1] == 'queued' then
+      'input', 'lease_ms', 'deadline_ms', 'user')
+    if f[1] == 'queued' and f[9] == ARGV[7] then
       local st = redis.call('HGET', ARGV[3] .. f[2], 'status')
       local deadline = tonumber(f[8]) or 0
       if not st or st == 'completed' or st == 'failed' or st == 'cancelled' then
@@ -33,7 +33,7 @@ for q = 1, #KEYS do
         redis.call('PUBLISH', ARGV[6], id)
       else
         n = n + 1
-        local token = ARGV[6 + n]
+        local token = ARGV[7 + n]
         redis.call('HSET', key, 'state', 'claimed', 'token', token, 'worker_id', ARGV[4],
           'claimed_ms', now, 'lease_until', now + tonumber(f[7]))
         redis.call('PUBLISH', ARGV[6], id)
