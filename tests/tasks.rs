@@ -926,3 +926,44 @@ async fn bad_worker_input_is_a_clear_4xx_and_loses_nothing() {
     }
     assert_no_panic(&d);
 }
+
+#[actix_rt::test]
+async fn a_drain_lets_go_at_once_of_runs_that_only_wait_and_they_resume() {
+    // A grace far longer than the test's deadline: the drain must not
+    // spend it on a run that waits for a person or a worker.
+    let args = ["--instance-id", "drainer", "--drain-grace-ms", "600000"];
+    let (redis, mut d) = start(&args).await;
+    register(
+        &d,
+        "dan",
+        &json!({"tag": "waits", "nodes": [
+            {"id": "gate", "kind": "approval"},
+            {"id": "work", "kind": "task", "queue": "q"}
+        ]}),
+    )
+    .await;
+    let run = start_run(&d, "dan", "waits", json!({})).await;
+    wait_event(&d, "dan", &run, "approval_required", T, |_| true).await;
+    let t = claim_one(&d, "dan", "q").await;
+    d.signal("-TERM");
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        d.log_text()
+    );
+    let d = Daemon::start(&redis, &args);
+    wait_ready(&d).await;
+    let r = decide(&d, "dan", &run, "gate", "approve", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    complete(&d, "dan", &t, json!(1)).await;
+    assert_eq!(wait_run(&d, "dan", &run, T).await["status"], "completed");
+    assert_eq!(
+        count(
+            &run_events(&d, "dan", &run).await,
+            "approval_required",
+            None
+        ),
+        1
+    );
+}
