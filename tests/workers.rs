@@ -1,8 +1,9 @@
 //! The worker libraries that ship with flowcast (`clients/python`,
 //! `clients/js`), run as real processes against the real daemon: their
 //! examples work a run together, a worker killed mid-task (SIGKILL) has its
-//! task handed out again after its lease, with the next attempt, and a
-//! worker stops gracefully on SIGTERM.
+//! task handed out again after its lease, with the next attempt, a worker
+//! rides out a daemon kill -9 and restart (its retries), and a worker stops
+//! gracefully on SIGTERM.
 
 use std::time::Duration;
 
@@ -180,4 +181,80 @@ async fn a_python_worker_killed_mid_task_has_its_task_handed_out_again() {
 #[actix_rt::test]
 async fn a_node_worker_killed_mid_task_has_its_task_handed_out_again() {
     killed_mid_task(Lang::Js, JS_SLOW).await;
+}
+
+const PY_THROUGH: &str = r#"
+import os, time
+from flowcast_worker import Worker
+
+def handle(task):
+    open(os.environ["MARK"], "w").write(task.task_id)
+    for i in range(30):
+        time.sleep(0.1)
+        task.progress((i + 1) / 30)
+    return {"attempt": task.attempt, "by": "python"}
+
+Worker(os.environ["FLOWCAST_API"], queues=["long"], handler=handle,
+       user=os.environ["FLOWCAST_USER"], wait_ms=2000).run()
+"#;
+
+const JS_THROUGH: &str = r#"
+import fs from "node:fs";
+import { Worker } from "@JS_LIB@";
+
+await new Worker({
+  api: process.env.FLOWCAST_API, user: process.env.FLOWCAST_USER, queues: ["long"], waitMs: 2000,
+  handler: async (task) => {
+    fs.writeFileSync(process.env.MARK, task.taskId);
+    for (let i = 0; i < 30; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      task.progress((i + 1) / 30);
+    }
+    return { attempt: task.attempt, by: "node" };
+  },
+}).run();
+"#;
+
+/// The daemon is killed (-9) while a worker holds a task and restarted on
+/// the same port: the worker's heartbeats and completion are retried
+/// through the outage, and the task completes on its first attempt.
+async fn worker_rides_out_a_daemon_kill(lang: Lang, script: &str) {
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["--instance-id", "through", "--api-addr", addr.as_str()];
+    let (redis, mut d) = start(&args).await;
+    register(
+        &d,
+        "rio",
+        &json!({"tag": "long", "nodes": [
+            {"id": "work", "kind": "task", "queue": "long", "retry": {"max_attempts": 3}}
+        ]}),
+    )
+    .await;
+    let mark =
+        std::env::temp_dir().join(format!("flowcast-mark-{}", uuid::Uuid::new_v4().simple()));
+    let mark_s = mark.to_string_lossy().into_owned();
+    let _w = WorkerProc::spawn(lang, &d, "rio", script, &[("MARK", &mark_s)]);
+    let run = start_run(&d, "rio", "long", json!({})).await;
+    wait_until("the worker took the task", T, || mark.exists()).await;
+    d.kill9();
+    let d = Daemon::start(&redis, &args);
+    wait_ready(&d).await;
+    let done = wait_run(&d, "rio", &run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(node_output(&d, "rio", &done, "work").await["attempt"], 1);
+    let events = run_events(&d, "rio", &run).await;
+    assert_eq!(count(&events, "node_failed", None), 0, "{events:?}");
+    assert_eq!(count(&events, "node_completed", Some("work")), 1);
+    let _ = std::fs::remove_file(mark);
+}
+
+#[actix_rt::test]
+async fn a_python_worker_rides_out_a_daemon_kill9() {
+    worker_rides_out_a_daemon_kill(Lang::Python, PY_THROUGH).await;
+}
+
+#[actix_rt::test]
+async fn a_node_worker_rides_out_a_daemon_kill9() {
+    worker_rides_out_a_daemon_kill(Lang::Js, JS_THROUGH).await;
 }

@@ -28,10 +28,14 @@ impl Daemon {
 
     pub fn start_with_url(redis_url: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowcast"));
-        cmd.arg("serve")
-            .args(["--redis-url", redis_url])
-            .args(["--api-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0"])
-            .arg("--workflows-dir")
+        cmd.arg("serve").args(["--redis-url", redis_url]);
+        // Free ports unless the test gives its own (a restart on the same port).
+        for flag in ["--api-addr", "--ws-addr"] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.arg("--workflows-dir")
             .arg(repo().join("examples/workflows"))
             .args(["--workers", "1"])
             .args(extra)
@@ -140,6 +144,23 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port below the ephemeral range and the test Redis ports
+/// (where no client's
+/// outgoing connection takes it while its daemon restarts), for a daemon
+/// that must come back on the same port.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 12_000 + (std::process::id() % 50) as u16 * 20;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 1_000;
+        // Dropped at once: the daemon binds it with SO_REUSEADDR.
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
     }
 }
 
