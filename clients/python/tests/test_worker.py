@@ -4,6 +4,7 @@
 Run: python3 -m unittest discover -s clients/python/tests
 """
 import json
+import logging
 import os
 import socket
 import sys
@@ -15,6 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from flowcast_worker import ApiError, Client, TaskFailed, Worker  # noqa: E402
+
+# The worker logs handlers' failures and refused reports; the tests cause
+# them on purpose.
+logging.getLogger("flowcast_worker").setLevel(logging.CRITICAL)
 
 
 class FakeDaemon:
@@ -212,6 +217,7 @@ class ClientTest(unittest.TestCase):
                 c.complete("t", "wrong", 1)
             self.assertEqual((e.exception.status, e.exception.code), (422, "invalid_body"))
         finally:
+            c.close()
             d.close()
         # Nobody listens yet: the client retries until the daemon is up.
         s = socket.socket()
@@ -229,6 +235,7 @@ class ClientTest(unittest.TestCase):
         try:
             self.assertEqual(c.claim(["q"], wait_ms=0), [])
         finally:
+            c.close()
             wait_for(lambda: "d" in later)
             later["d"].close()
 

@@ -105,6 +105,10 @@ class Client:
             time.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, self.backoff_max)
 
+    def close(self):
+        """Closes this thread's connection (each thread has its own)."""
+        self._drop()
+
     def _conn(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:

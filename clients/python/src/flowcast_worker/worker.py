@@ -159,6 +159,7 @@ class Worker:
                                  name=f"flowcast-{task.node_id}").start()
             for _ in range(free - len(tasks)):
                 self._slots.release()
+        self.client.close()
 
     # -- one task ---------------------------------------------------------
 
@@ -195,6 +196,7 @@ class Worker:
             except Exception as e:
                 log.warning("task %s: report failed: %s", task.task_id, e)
         finally:
+            self.client.close()
             with self._lock:
                 self._running.discard(task)
             self._slots.release()
@@ -206,6 +208,7 @@ class Worker:
             task._wake.clear()
             report = task._take_report()
             if done.is_set() and report is None:
+                self.client.close()
                 return
             progress, message = report if report else (None, None)
             try:
@@ -214,9 +217,11 @@ class Worker:
                 if e.status == 409 or e.status == 404:
                     task.cancelled = True
                     log.warning("task %s: %s", task.task_id, e.message)
+                    self.client.close()
                     return
                 log.warning("task %s: heartbeat failed: %s", task.task_id, e)
             except Exception as e:
                 log.warning("task %s: heartbeat failed: %s", task.task_id, e)
             if done.is_set():
+                self.client.close()
                 return
