@@ -258,3 +258,84 @@ async fn a_python_worker_rides_out_a_daemon_kill9() {
 async fn a_node_worker_rides_out_a_daemon_kill9() {
     worker_rides_out_a_daemon_kill(Lang::Js, JS_THROUGH).await;
 }
+
+#[actix_rt::test]
+async fn with_jwt_a_worker_acts_for_its_tokens_subject() {
+    use crate::auth::{token, SECRET};
+    let (_redis, d) = start(&["--auth", "jwt", "--jwt-secret", SECRET]).await;
+    let tia = token("tia", SECRET, 3600);
+    let bearer = format!("Bearer {tia}");
+    let headers: Vec<(&str, &[u8])> = vec![("Authorization", bearer.as_bytes())];
+    let wf = json!({"tag": "jwt", "nodes": [
+        {"id": "py", "kind": "task", "queue": "py", "input": "{name: .inputs.name}"}
+    ]});
+    let r = request_with_headers(
+        "PUT",
+        &format!("{}/api/v1/workflows/jwt", d.api),
+        &headers,
+        Some(&wf.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let script = r#"
+import os
+from flowcast_worker import Worker
+Worker(os.environ["FLOWCAST_API"], queues=["py"], token=os.environ["FLOWCAST_TOKEN"],
+       handler=lambda task: "hi " + task.input["name"]).run()
+"#;
+    let _w = WorkerProc::spawn(
+        Lang::Python,
+        &d,
+        "ignored",
+        script,
+        &[("FLOWCAST_TOKEN", &tia)],
+    );
+    let r = request_with_headers(
+        "POST",
+        &format!("{}/api/v1/runs", d.api),
+        &headers,
+        Some(&json!({"tag": "jwt", "inputs": {"name": "Tia"}}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let run = r.body["run_id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = request_with_headers(
+            "GET",
+            &format!("{}/api/v1/runs/{run}", d.api),
+            &headers,
+            None,
+        )
+        .await;
+        if v.body["status"] == "completed" {
+            let r = v.body["nodes"]["py"]["result_ref"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let out = request_with_headers(
+                "GET",
+                &format!("{}/api/v1/results/{r}", d.api),
+                &headers,
+                None,
+            )
+            .await;
+            assert_eq!(out.body, json!("hi Tia"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run did not complete: {}",
+            v.text
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Without a valid token, a claim is refused.
+    let r = post(
+        &format!("{}/api/v1/tasks/claim", d.api),
+        Some("tia"),
+        &json!({"queues": ["py"]}),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+}

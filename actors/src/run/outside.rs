@@ -159,7 +159,9 @@ impl RunActor {
             let text = rendered.to_string();
             if text.len() > max_bytes {
                 return Err(NodeError::fatal(format!(
-                    "task input is {} bytes, over the limit of {max_bytes} bytes (--max-output-bytes)",
+                    "the {} node's {} is {} bytes, over the limit of {max_bytes} bytes (--max-output-bytes)",
+                    spec.kind_name(),
+                    if matches!(spec.kind, NodeKind::Task(_)) { "input" } else { "prompt" },
                     text.len()
                 )));
             }
