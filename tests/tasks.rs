@@ -967,3 +967,48 @@ async fn a_drain_lets_go_at_once_of_runs_that_only_wait_and_they_resume() {
         1
     );
 }
+
+#[actix_rt::test]
+async fn a_thousand_idle_long_polls_park_without_a_redis_connection_each() {
+    use tokio::io::AsyncWriteExt;
+    let (redis, d) = start(&[]).await;
+    register(&d, "ida", &task_flow("idle", json!({}))).await;
+    let host = d.api.trim_start_matches("http://").to_owned();
+    let body = json!({"queues": ["idle"], "wait_ms": 60000}).to_string();
+    let request = format!(
+        "POST /api/v1/tasks/claim HTTP/1.1\r\nHost: {host}\r\nX-User-ID: ida\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut parked = Vec::new();
+    for _ in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        parked.push(s);
+    }
+    wait_until_async("1000 claims waiting", T, || async {
+        scrape(&d).await.value("flowcast_task_claims_waiting", &[]) >= 1000.0
+    })
+    .await;
+    // No Redis connection per waiting claim: the daemon's few, and ours.
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query(&mut redis.conn())
+        .unwrap();
+    let clients: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(
+        clients < 20,
+        "{clients} Redis connections for 1000 waiting claims"
+    );
+    // And the daemon serves everyone else as usual meanwhile.
+    let run = start_run(&d, "ida", "idle", json!({})).await;
+    let t = claim_one(&d, "ida", "q").await;
+    complete(&d, "ida", &t, json!({"answer": 0})).await;
+    assert_eq!(wait_run(&d, "ida", &run, T).await["status"], "completed");
+    drop(parked);
+    assert_no_panic(&d);
+}
