@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use flowcast_actors::egress::EgressPolicy;
-use flowcast_actors::runner::{RunnerConfig, DEFAULT_MAX_OUTPUT_BYTES};
+use flowcast_actors::runner::{RunnerConfig, DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_OUTPUT_BYTES};
+use flowcast_actors::workflow::DEFAULT_MAX_CHILD_DEPTH;
 use flowcast_actors::{publisher, subscriber};
 use flowcast_web::{Limits, WsConfig};
 
@@ -149,6 +150,12 @@ pub struct ServeConfig {
     /// Largest node output, in bytes; http response bodies are read up to it.
     #[arg(long, env = "FLOWCAST_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: usize,
+    /// Most items a `foreach` may yield; more fails the node.
+    #[arg(long, env = "FLOWCAST_MAX_FOREACH_ITEMS", default_value_t = DEFAULT_MAX_FOREACH_ITEMS)]
+    pub max_foreach_items: usize,
+    /// How deeply child workflows may nest (a run started by a user is at 0).
+    #[arg(long, env = "FLOWCAST_MAX_CHILD_DEPTH", default_value_t = DEFAULT_MAX_CHILD_DEPTH)]
+    pub max_child_depth: u32,
 }
 
 impl ServeConfig {
@@ -174,6 +181,7 @@ impl From<&ServeConfig> for Limits {
         Self {
             max_body_bytes: c.max_body_bytes,
             max_nodes: c.max_nodes,
+            max_child_depth: c.max_child_depth,
             ..Self::default()
         }
     }
@@ -199,6 +207,8 @@ impl From<&ServeConfig> for RunnerConfig {
             max_nodes: c.max_nodes,
             egress: c.http_allow.clone().unwrap_or_default(),
             max_output_bytes: c.max_output_bytes,
+            max_foreach_items: c.max_foreach_items,
+            max_child_depth: c.max_child_depth,
             ..Self::default()
         }
     }

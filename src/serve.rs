@@ -112,6 +112,15 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
             for dag in &dags {
                 workflows::put(&mut redis.clone(), dag).await?;
             }
+            // Once all are stored: they may run each other as children.
+            for dag in &dags {
+                let wf = &dag.workflow;
+                if let Err(e) =
+                    workflows::check_children(&mut redis.clone(), wf, cfg.max_child_depth).await?
+                {
+                    bail!("workflow {:?} in {}: {e}", wf.tag, dir.display());
+                }
+            }
             log::info!("registered {} workflows from {}", dags.len(), dir.display());
         }
         // Blocking reads get their own connection, with room for the BLOCK time.

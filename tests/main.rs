@@ -8,6 +8,7 @@ mod auth;
 mod egress;
 mod errors;
 mod fanout;
+mod flow;
 mod limits;
 mod recovery;
 mod replay;

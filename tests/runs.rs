@@ -288,7 +288,10 @@ async fn workflow_crud_execute_and_run_isolation() {
     assert_eq!(r.body, v2);
     let r = get(&format!("{}/api/v1/workflows", d.api), Some("admin")).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, json!({"workflows": ["crud", "flight-search"]}));
+    assert_eq!(
+        r.body,
+        json!({"workflows": ["crud", "flight-branch", "flight-prices", "flight-search", "flight-trip"]})
+    );
 
     // Execute by tag: 202, Location, and the replaced workflow runs.
     let r = post(
@@ -385,7 +388,10 @@ async fn workflow_crud_execute_and_run_isolation() {
     .await;
     assert_eq!(r.status, 404, "{}", r.text);
     let r = get(&format!("{}/api/v1/workflows", d.api), Some("admin")).await;
-    assert_eq!(r.body, json!({"workflows": ["flight-search"]}));
+    assert_eq!(
+        r.body,
+        json!({"workflows": ["flight-branch", "flight-prices", "flight-search", "flight-trip"]})
+    );
     // A run keeps the snapshot it was accepted with.
     let r = get(&format!("{}/api/v1/runs/{exec_id}", d.api), Some("alice")).await;
     assert_eq!(r.status, 200, "{}", r.text);

@@ -2,8 +2,10 @@
 //!
 //! The seed's three payloads (`workflow_started`, `node_completed`,
 //! `workflow_completed`) keep their exact field names; flowcast adds
-//! `node_failed`, `workflow_failed` and `workflow_cancelled`, and every event
-//! carries `seq` (1, 2, ... within its run), `ts_ms`, and `event_id`. The
+//! `node_failed`, `workflow_failed`, `workflow_cancelled`, `node_skipped`,
+//! `node_progress` and (for workflows that ask) `node_started`, and every
+//! event carries `seq` (1, 2, ... within its run), `ts_ms`, and `event_id`;
+//! a child run's events also carry `parent_run_id` and `parent_node_id`. The
 //! event id is the event's entry id in the user's history stream, so it is
 //! assigned by Redis inside the commit script and spliced into the JSON there
 //! (see `store`); everything else is serialised here, once.
@@ -52,6 +54,9 @@ pub enum EventBody {
         will_retry: bool,
         /// The counter after this step.
         counter: u32,
+        /// The `foreach` item whose attempt failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<usize>,
     },
     /// Every node completed; published exactly once.
     WorkflowCompleted {
@@ -90,18 +95,58 @@ pub enum EventBody {
         /// Always 0: every token is consumed.
         counter: u32,
     },
+    /// An attempt of a node begins (only for workflows that ask for it).
+    NodeStarted {
+        /// The run.
+        run_id: String,
+        /// The node.
+        node_id: String,
+        /// The attempt, from 1.
+        attempt: u32,
+    },
+    /// A node was skipped: activated and finished in one step, without a token.
+    NodeSkipped {
+        /// The run.
+        run_id: String,
+        /// The node.
+        node_id: String,
+        /// Always `"skipped"`.
+        status: String,
+        /// The counter after this step.
+        counter: u32,
+        /// Why: its condition, or its parents.
+        reason: String,
+    },
+    /// A `foreach` node's items: `done` of `total` have finished.
+    NodeProgress {
+        /// The run.
+        run_id: String,
+        /// The node.
+        node_id: String,
+        /// `done / total`, from 0 to 1.
+        progress: f64,
+        /// `"done/total items"`.
+        message: String,
+        /// Items finished.
+        done: usize,
+        /// Items in all.
+        total: usize,
+    },
 }
 
 impl EventBody {
     /// Every event `type`, in the order of [`EventBody::kind`]'s variants
     /// (what a `types=` filter may name).
-    pub const TYPES: [&'static str; 6] = [
+    pub const TYPES: [&'static str; 9] = [
         "workflow_started",
         "node_completed",
         "node_failed",
         "workflow_completed",
         "workflow_failed",
         "workflow_cancelled",
+        "node_started",
+        "node_skipped",
+        "node_progress",
     ];
 
     /// The event's `type` (as serialised by serde's tag).
@@ -113,6 +158,9 @@ impl EventBody {
             Self::WorkflowCompleted { .. } => 3,
             Self::WorkflowFailed { .. } => 4,
             Self::WorkflowCancelled { .. } => 5,
+            Self::NodeStarted { .. } => 6,
+            Self::NodeSkipped { .. } => 7,
+            Self::NodeProgress { .. } => 8,
         };
         Self::TYPES[i]
     }
@@ -199,6 +247,16 @@ impl EventBody {
     }
 }
 
+/// Where a child run comes from: the run and the `workflow` node that
+/// started it. Every event of the child carries both.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Parent {
+    /// The parent run.
+    pub parent_run_id: String,
+    /// The parent's `workflow` node.
+    pub parent_node_id: String,
+}
+
 /// An event with its envelope, as serialised before Redis adds `event_id`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
@@ -211,6 +269,9 @@ pub struct Event {
     pub seq: u64,
     /// Unix milliseconds.
     pub ts_ms: u64,
+    /// Set on a child run's events.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
 }
 
 impl Event {
@@ -223,7 +284,14 @@ impl Event {
             timestamp: ts_ms / 1000,
             seq,
             ts_ms,
+            parent: None,
         }
+    }
+
+    /// Marks the event as a child run's (no change for `None`).
+    pub fn child_of(mut self, parent: Option<&Parent>) -> Self {
+        self.parent = parent.cloned();
+        self
     }
 
     /// The JSON text published (without `event_id`, which Redis assigns).
@@ -316,6 +384,7 @@ mod tests {
                 attempt: 1,
                 will_retry: false,
                 counter: 0,
+                item: None,
             },
             EventBody::WorkflowCompleted {
                 run_id: r.clone(),
@@ -323,17 +392,37 @@ mod tests {
             },
             EventBody::WorkflowFailed {
                 run_id: r.clone(),
-                failed_node: n,
+                failed_node: n.clone(),
                 error: "e".into(),
                 cancelled_nodes: vec![],
                 cancelled_not_listed: 0,
                 counter: 0,
             },
             EventBody::WorkflowCancelled {
-                run_id: r,
+                run_id: r.clone(),
                 cancelled_nodes: vec![],
                 cancelled_not_listed: 0,
                 counter: 0,
+            },
+            EventBody::NodeStarted {
+                run_id: r.clone(),
+                node_id: n.clone(),
+                attempt: 1,
+            },
+            EventBody::NodeSkipped {
+                run_id: r.clone(),
+                node_id: n.clone(),
+                status: "skipped".into(),
+                counter: 0,
+                reason: "when was false".into(),
+            },
+            EventBody::NodeProgress {
+                run_id: r,
+                node_id: n,
+                progress: 0.5,
+                message: "1/2 items".into(),
+                done: 1,
+                total: 2,
             },
         ];
         let kinds: Vec<&str> = all.iter().map(EventBody::kind).collect();
@@ -373,6 +462,25 @@ mod tests {
         assert_eq!(cut_error("short"), "short");
         let exact = "y".repeat(MAX_ERROR_BYTES - 2);
         assert_eq!(cut_error(&exact), exact);
+    }
+
+    #[test]
+    fn only_child_runs_carry_parent_fields() {
+        let body = EventBody::WorkflowCompleted {
+            run_id: "r".into(),
+            counter: 0,
+        };
+        let plain = Event::new(body.clone(), 3).to_json();
+        assert!(!plain.contains("parent"), "{plain}");
+        let parent = Parent {
+            parent_run_id: "p".into(),
+            parent_node_id: "call".into(),
+        };
+        let child: Value =
+            serde_json::from_str(&Event::new(body, 3).child_of(Some(&parent)).to_json()).unwrap();
+        assert_eq!(child["parent_run_id"], "p");
+        assert_eq!(child["parent_node_id"], "call");
+        assert_eq!(child["type"], "workflow_completed");
     }
 
     #[test]

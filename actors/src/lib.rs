@@ -5,7 +5,8 @@
 //!
 //! Pure logic, no I/O:
 //! - [`workflow`]: the workflow JSON model and its validation into a [`workflow::Dag`];
-//! - [`counter`]: the pending-node counter state machine;
+//! - [`counter`]: the pending-node counter state machine (with skips);
+//! - [`foreach`]: the items inside a `foreach` node's token;
 //! - [`jq`]: jq filters (jaq) for `transform` and `http` nodes;
 //! - [`result`]: canonical JSON and `sha256:` result refs;
 //! - [`event`]: the event payloads (the seed's, plus flowcast's);
@@ -22,6 +23,7 @@
 //! - [`runner::Runner`]: consumes run requests, initialises runs, resumes orphans;
 //! - [`run::RunActor`]: one per run; executes nodes ([`node`]) and drives the counter;
 //!   `http` nodes go through [`http_node::HttpClient`], which enforces [`egress`];
+//!   `workflow` nodes start and wait for child runs ([`child`]);
 //! - [`publisher::Publisher`]: the single writer of state and events.
 //!
 //! Actors (fan-out half):
@@ -31,11 +33,13 @@
 //! [`metrics`] holds the Prometheus metrics every actor updates.
 
 pub mod backoff;
+pub mod child;
 pub mod counter;
 pub mod egress;
 pub mod error;
 pub mod event;
 pub mod fanout;
+pub mod foreach;
 pub mod http_node;
 pub mod jq;
 pub mod metrics;

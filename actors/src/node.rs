@@ -3,7 +3,12 @@
 //! [`execute`] runs one attempt and says whether a failure is worth another
 //! attempt: jq errors and HTTP 4xx are not (the same input fails the same
 //! way), HTTP 5xx, connection errors and timeouts are. The run actor owns
-//! attempts, backoff and the deadline.
+//! attempts, backoff and the deadline. `workflow` nodes are child runs
+//! (`child`), started by the run actor.
+//!
+//! Every jq evaluation of a run goes through this module: the node kinds'
+//! filters here, and [`evaluate`] for control flow (`when`, `foreach`, a
+//! child's `inputs`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -44,6 +49,36 @@ async fn run_jq(filter: &str, input: Value) -> Result<Value, NodeError> {
     .await
     .map_err(|_| NodeError::fatal("the jq worker failed"))?
     .map_err(NodeError::fatal)
+}
+
+/// Evaluates a control-flow filter (`when`, `foreach`, a child's
+/// `inputs`) off the actors' thread; `what` names it in errors.
+pub async fn evaluate(what: &str, filter: &str, input: Value) -> Result<Value, NodeError> {
+    run_jq(filter, input)
+        .await
+        .map_err(|e| NodeError::fatal(format!("{what}: {}", e.message)))
+}
+
+/// Evaluates `when` conditions: `(node, filter, input, deadline)` each.
+/// false and null are false, anything else true (jq's truth); a filter
+/// that fails or runs past its deadline is an error for that node.
+pub async fn conditions(
+    checks: Vec<(usize, String, Value, Duration)>,
+) -> Vec<(usize, Result<bool, NodeError>)> {
+    let evals = checks
+        .into_iter()
+        .map(|(node, filter, input, deadline)| async move {
+            let r = match actix_rt::time::timeout(deadline, evaluate("when", &filter, input)).await
+            {
+                Ok(r) => r.map(|v| !matches!(v, Value::Null | Value::Bool(false))),
+                Err(_) => Err(NodeError::fatal(format!(
+                    "when: timed out after {} ms",
+                    deadline.as_millis()
+                ))),
+            };
+            (node, r)
+        });
+    futures_util::future::join_all(evals).await
 }
 
 /// A failed attempt.
@@ -90,6 +125,9 @@ pub async fn execute(node: &NodeSpec, input: Value, http: &HttpClient) -> Result
                 .map_or(DEFAULT_HTTP_TIMEOUT, Duration::from_millis);
             http_request(spec, &input, http, timeout).await
         }
+        NodeKind::Workflow(_) => Err(NodeError::fatal(
+            "a workflow node runs as a child run, started by its run actor",
+        )),
     }
 }
 

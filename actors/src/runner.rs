@@ -28,16 +28,18 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::counter::{NodeStatus, RunState, RunStatus};
+use crate::child::ChildWatch;
+use crate::counter::{NodeStatus, RunStatus};
 use crate::egress::EgressPolicy;
 use crate::error::Result;
 use crate::event::{Event, EventBody};
 use crate::http_node::HttpClient;
 use crate::metrics::Metrics;
 use crate::publisher::{self, Publisher};
-use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
+use crate::run::{self, Cancel, FlowEnv, ResumedItems, RunActor, RunSetup, RunStopped};
 use crate::store::requests::{self, Request};
 use crate::store::{leases, runs, Commit, NodeRecord, Outcome, RunRecord};
+use crate::workflow::Dag;
 
 /// Runner settings.
 #[derive(Debug, Clone)]
@@ -55,6 +57,10 @@ pub struct RunnerConfig {
     pub egress: EgressPolicy,
     /// Largest node output, in bytes; http response bodies are read up to it.
     pub max_output_bytes: usize,
+    /// Most items a `foreach` may yield (`--max-foreach-items`).
+    pub max_foreach_items: usize,
+    /// How deeply child runs may nest (`--max-child-depth`).
+    pub max_child_depth: u32,
 }
 
 impl Default for RunnerConfig {
@@ -66,9 +72,14 @@ impl Default for RunnerConfig {
             read_batch: 256,
             egress: EgressPolicy::default(),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_foreach_items: DEFAULT_MAX_FOREACH_ITEMS,
+            max_child_depth: crate::workflow::DEFAULT_MAX_CHILD_DEPTH,
         }
     }
 }
+
+/// Default of [`RunnerConfig::max_foreach_items`] (`--max-foreach-items`).
+pub const DEFAULT_MAX_FOREACH_ITEMS: usize = 10_000;
 
 /// Default of [`RunnerConfig::max_output_bytes`] (`--max-output-bytes`).
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
@@ -114,6 +125,8 @@ pub struct Runner {
     metrics: Metrics,
     runs: HashMap<String, Addr<RunActor>>,
     http: Rc<HttpClient>,
+    /// Parents waiting for child runs that end here.
+    children: ChildWatch,
     /// Read our own pending entries (from `backlog_from`) before new ones (>).
     backlog_done: bool,
     /// Where the next read of our own pending entries starts.
@@ -149,6 +162,7 @@ impl Runner {
             metrics,
             runs: HashMap::new(),
             http,
+            children: ChildWatch::default(),
             backlog_done: false,
             backlog_from: "0".into(),
             initialising: HashSet::new(),
@@ -281,12 +295,25 @@ impl Runner {
             // and the next start resumes it.
             return;
         }
+        if setup.state.status().is_terminal() {
+            // Every node was skipped: the initialising commit ended it.
+            self.metrics.runs.with_label_values(&["completed"]).inc();
+            self.children.ended(&run_id);
+            return;
+        }
+        let flow = FlowEnv {
+            conn: self.conn.clone(),
+            children: self.children.clone(),
+            max_foreach_items: self.cfg.max_foreach_items,
+            max_child_depth: self.cfg.max_child_depth,
+        };
         let actor = RunActor::new(
             setup,
             self.publisher.clone(),
             ctx.address().recipient(),
             self.http.clone(),
             self.metrics.clone(),
+            flow,
         );
         self.runs.insert(run_id, actor.start());
     }
@@ -410,16 +437,20 @@ async fn initialise(
             return Ok(Init::Nothing);
         }
     };
-    let state = RunState::start(&dag);
+    let run::Start {
+        state,
+        step,
+        failing,
+    } = run::start(&dag, &rec.inputs).await;
     let mut c = Commit::new(&run_id, &rec.user, 1);
     c.expect_status = Some(RunStatus::Queued.as_str());
     c.ack = Some(entry_id);
     c.owner = Some(cfg.instance_id.clone());
     c.lease_ms = Some(cfg.lease.as_millis() as u64);
-    c.active = 1;
-    c.set_status(RunStatus::Running);
+    c.active = if step.finished { -1 } else { 1 };
+    c.set_status(state.status());
     c.set_counter(state.counter());
-    for &e in &dag.entries {
+    for &e in &step.activated {
         c.set_node(
             &dag.node(e).id,
             &NodeRecord::with_status(NodeStatus::Active),
@@ -431,7 +462,26 @@ async fn initialise(
         nodes: dag.len(),
         entry_nodes: dag.entries.len(),
     };
-    c.events.push(Event::new(started, 1).to_json());
+    let mut events = vec![started];
+    for &(k, reason) in &step.skipped {
+        c.set_node(
+            &dag.node(k).id,
+            &NodeRecord::with_status(NodeStatus::Skipped),
+        );
+        events.push(run::skipped_event(&run_id, &dag, k, reason, step.counter));
+    }
+    if step.finished {
+        events.push(EventBody::WorkflowCompleted {
+            run_id: run_id.clone(),
+            counter: 0,
+        });
+    }
+    for (seq, body) in (1..).zip(events) {
+        c.seq = seq;
+        let e = Event::new(body, seq).child_of(rec.parent.as_ref());
+        c.events.push(e.to_json());
+    }
+    let seq = c.seq;
     match publisher::publish(publisher, c).await {
         Some(Outcome::Applied(_)) => {}
         Some(Outcome::StatusMismatch) => {
@@ -448,6 +498,11 @@ async fn initialise(
         .iter()
         .map(|&s| NodeRecord::with_status(s))
         .collect();
+    let outputs = step
+        .skipped
+        .iter()
+        .map(|&(k, _)| (k, Value::Null))
+        .collect();
     Ok(Init::Started(Box::new(RunSetup {
         run_id,
         user: rec.user,
@@ -455,11 +510,15 @@ async fn initialise(
         inputs: rec.inputs,
         state,
         records,
-        outputs: HashMap::new(),
-        seq: 1,
+        outputs,
+        seq,
         owner: cfg.instance_id.clone(),
         lease: cfg.lease,
         cancel_requested: rec.cancel_requested,
+        parent: rec.parent,
+        depth: rec.depth,
+        foreach: HashMap::new(),
+        failing,
     })))
 }
 
@@ -500,6 +559,12 @@ async fn claim_and_load(
             .unwrap_or(Value::Null);
         outputs.insert(i, v);
     }
+    for (i, r) in records.iter().enumerate() {
+        if r.status == NodeStatus::Skipped {
+            outputs.insert(i, Value::Null);
+        }
+    }
+    let foreach = load_items(conn, &rec, &dag, &records).await?;
     Ok(Some(RunSetup {
         run_id: rec.run_id,
         user: rec.user,
@@ -512,7 +577,47 @@ async fn claim_and_load(
         owner: cfg.instance_id.clone(),
         lease: cfg.lease,
         cancel_requested: rec.cancel_requested,
+        parent: rec.parent,
+        depth: rec.depth,
+        foreach,
+        failing: Vec::new(),
     }))
+}
+
+/// What the active `foreach` nodes of a resumed run made durable: their
+/// arrays and their finished items' outputs.
+async fn load_items(
+    conn: &mut ConnectionManager,
+    rec: &RunRecord,
+    dag: &Dag,
+    records: &[NodeRecord],
+) -> Result<HashMap<usize, ResumedItems>> {
+    let mut out = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if r.status != NodeStatus::Active || dag.node(i).foreach.is_none() {
+            continue;
+        }
+        let mut resumed = ResumedItems::default();
+        if let Some(items_ref) = &r.items_ref {
+            let blob = runs::outputs(conn, std::slice::from_ref(items_ref)).await?;
+            resumed.items = blob
+                .into_iter()
+                .next()
+                .flatten()
+                .and_then(|b| serde_json::from_str(&b).ok());
+        }
+        if let Some(done) = rec.items.get(&dag.node(i).id) {
+            let refs: Vec<String> = done.values().cloned().collect();
+            let blobs = runs::outputs(conn, &refs).await?;
+            resumed.finished = done
+                .keys()
+                .zip(blobs)
+                .filter_map(|(&idx, b)| Some((idx, serde_json::from_str(&b?).ok()?)))
+                .collect();
+        }
+        out.insert(i, resumed);
+    }
+    Ok(out)
 }
 
 impl Actor for Runner {
@@ -562,6 +667,7 @@ impl Handler<RunStopped> for Runner {
 
     fn handle(&mut self, msg: RunStopped, _ctx: &mut Self::Context) {
         self.runs.remove(&msg.run_id);
+        self.children.ended(&msg.run_id);
     }
 }
 

@@ -65,10 +65,9 @@ fn completion(bench: &str, user: &str, k: u64, output: &(String, Vec<u8>)) -> Co
     c.set_node(
         &node_id,
         &NodeRecord {
-            status: NodeStatus::Completed,
             attempt: 1,
             result_ref: Some(result_ref.clone()),
-            error: None,
+            ..NodeRecord::with_status(NodeStatus::Completed)
         },
     );
     c.set_node(&next_id, &NodeRecord::with_status(NodeStatus::Active));

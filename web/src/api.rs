@@ -176,9 +176,15 @@ async fn put_workflow(
     }
     let wf = Workflow::from_json(body)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
-    let dag = wf
-        .compile(st.limits.max_nodes)
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
+    let invalid = |m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m);
+    let dag = wf.compile(st.limits.max_nodes).map_err(invalid)?;
+    workflows::check_children(
+        &mut st.redis.clone(),
+        &dag.workflow,
+        st.limits.max_child_depth,
+    )
+    .await?
+    .map_err(invalid)?;
     let replaced = workflows::put(&mut st.redis.clone(), &dag).await?;
     let status = if replaced {
         StatusCode::OK

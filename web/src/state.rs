@@ -20,6 +20,8 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Most runs listed by `GET /api/v1/runs`.
     pub max_list: usize,
+    /// How deeply child workflows may nest (`--max-child-depth`).
+    pub max_child_depth: u32,
 }
 
 impl Default for Limits {
@@ -28,6 +30,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_nodes: flowcast_actors::workflow::DEFAULT_MAX_NODES,
             max_list: 1000,
+            max_child_depth: flowcast_actors::workflow::DEFAULT_MAX_CHILD_DEPTH,
         }
     }
 }

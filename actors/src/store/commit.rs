@@ -102,6 +102,11 @@ impl Commit {
         );
     }
 
+    /// Records a finished item of a `foreach` node.
+    pub fn set_item(&mut self, node_id: &str, index: usize, result_ref: &str) {
+        self.set(field::item(node_id, index), result_ref);
+    }
+
     /// Stores an output under its content address, readable by the run's owner.
     pub fn store_result(&mut self, result_ref: String, canonical_json: String) {
         self.results.push(result_ref);

@@ -8,7 +8,7 @@
 //! | [`WORKFLOWS`] `flowcast:workflows` | hash | tag → workflow JSON |
 //! | [`REQUESTS`] `flowcast:runs:requests` | stream | run requests, consumer group [`GROUP`] |
 //! | [`ACTIVE`] `flowcast:runs:active` | set | ids of unfinished runs |
-//! | [`run`] `flowcast:run:{id}` | hash | the run's fields ([`field`]) and `n:{node}` node records |
+//! | [`run`] `flowcast:run:{id}` | hash | the run's fields ([`field`]), `n:{node}` node records and `i:{node}:{index}` finished `foreach` items |
 //! | [`run_events`] `flowcast:run:{id}:events` | list | the run's events, in order |
 //! | [`owner`] `flowcast:run:{id}:owner` | string | the runner holding the run (lease, with expiry) |
 //! | [`user_runs`] `flowcast:user:{u}:runs` | sorted set | the user's run ids by creation time |
@@ -93,11 +93,30 @@ pub mod field {
     pub const INPUTS: &str = "inputs";
     /// Present once the owner asked to cancel the run.
     pub const CANCEL_REQUESTED: &str = "cancel_requested";
+    /// A child run's parent run.
+    pub const PARENT_RUN_ID: &str = "parent_run_id";
+    /// The parent's `workflow` node that started a child run.
+    pub const PARENT_NODE_ID: &str = "parent_node_id";
+    /// How deep a child run is nested (absent: 0, a run started by a user).
+    pub const DEPTH: &str = "depth";
     /// Prefix of node records: `n:{node_id}` → JSON.
     pub const NODE_PREFIX: &str = "n:";
+    /// Prefix of finished `foreach` items: `i:{node_id}:{index}` → result ref.
+    pub const ITEM_PREFIX: &str = "i:";
 
     /// The field holding a node's record.
     pub fn node(node_id: &str) -> String {
         format!("{NODE_PREFIX}{node_id}")
+    }
+
+    /// The field holding the result ref of item `index` of a `foreach` node.
+    pub fn item(node_id: &str, index: usize) -> String {
+        format!("{ITEM_PREFIX}{node_id}:{index}")
+    }
+
+    /// The node id and index of an [`item`] field.
+    pub fn parse_item(field: &str) -> Option<(&str, usize)> {
+        let (node, index) = field.strip_prefix(ITEM_PREFIX)?.rsplit_once(':')?;
+        Some((node, index.parse().ok()?))
     }
 }

@@ -2,10 +2,13 @@
 //! list, stored outputs and the active set.
 //!
 //! A run is accepted by [`enqueue`] (hash, index and request-stream entry in
-//! one MULTI/EXEC) and changed afterwards only by commits (see `commit`),
-//! except for the cancel request, which any API instance may record.
+//! one MULTI/EXEC), or as a child run by [`enqueue_child`] (the same, once
+//! only: `lua/enqueue_child.lua`), and changed afterwards only by commits
+//! (see `commit`), except for the cancel request, which any API instance
+//! may record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
@@ -13,9 +16,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::keys::{self, field};
+use super::script::Lua;
 use crate::counter::{NodeStatus, RunStatus};
 use crate::error::{Error, Result};
+use crate::event::Parent;
 use crate::workflow::Workflow;
+
+static ENQUEUE_CHILD: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("lua/enqueue_child.lua")));
 
 /// A node's persisted state (`n:{node}` in the run hash).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,6 +39,12 @@ pub struct NodeRecord {
     /// The last error, if an attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A `foreach` node's items (its array's address), once evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_ref: Option<String>,
+    /// How many items that array has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<usize>,
 }
 
 impl NodeRecord {
@@ -41,6 +55,8 @@ impl NodeRecord {
             attempt: 0,
             result_ref: None,
             error: None,
+            items_ref: None,
+            items: None,
         }
     }
 }
@@ -70,6 +86,12 @@ pub struct RunRecord {
     pub nodes: HashMap<String, NodeRecord>,
     /// The owner asked to cancel it (through an instance that did not hold it).
     pub cancel_requested: bool,
+    /// The run and node that started it, for a child run.
+    pub parent: Option<Parent>,
+    /// How deeply it is nested in child runs (0: started by a user).
+    pub depth: u32,
+    /// Finished `foreach` items: node id → index → result ref.
+    pub items: HashMap<String, BTreeMap<usize, String>>,
 }
 
 /// A run as listed by `GET /api/v1/runs`.
@@ -85,6 +107,9 @@ pub struct RunSummary {
     pub counter: Option<u32>,
     /// When it was accepted, Unix ms.
     pub created_ms: Option<u64>,
+    /// The parent run, for a child run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
 }
 
 /// Reads a run; `None` if it does not exist.
@@ -113,13 +138,28 @@ fn parse(run_id: &str, mut h: HashMap<String, String>) -> Result<RunRecord> {
     let seq = num(h.remove(field::SEQ));
     let created_ms = num(h.remove(field::CREATED_MS));
     let cancel_requested = h.remove(field::CANCEL_REQUESTED).is_some();
-    let nodes = h
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let id = k.strip_prefix(field::NODE_PREFIX)?;
-            Some((id.to_owned(), serde_json::from_str(&v).ok()?))
-        })
-        .collect();
+    let depth = num(h.remove(field::DEPTH)) as u32;
+    let parent = match (
+        h.remove(field::PARENT_RUN_ID),
+        h.remove(field::PARENT_NODE_ID),
+    ) {
+        (Some(parent_run_id), Some(parent_node_id)) => Some(Parent {
+            parent_run_id,
+            parent_node_id,
+        }),
+        _ => None,
+    };
+    let mut nodes = HashMap::new();
+    let mut items: HashMap<String, BTreeMap<usize, String>> = HashMap::new();
+    for (k, v) in h {
+        if let Some(id) = k.strip_prefix(field::NODE_PREFIX) {
+            if let Ok(rec) = serde_json::from_str(&v) {
+                nodes.insert(id.to_owned(), rec);
+            }
+        } else if let Some((id, index)) = field::parse_item(&k) {
+            items.entry(id.to_owned()).or_default().insert(index, v);
+        }
+    }
     Ok(RunRecord {
         run_id: run_id.into(),
         user,
@@ -132,7 +172,30 @@ fn parse(run_id: &str, mut h: HashMap<String, String>) -> Result<RunRecord> {
         inputs,
         nodes,
         cancel_requested,
+        parent,
+        depth,
+        items,
     })
+}
+
+/// The fields of a new run's hash (status `queued`).
+fn new_run_fields(
+    user: &str,
+    workflow: &Workflow,
+    inputs: &Value,
+    created_ms: u64,
+) -> Result<Vec<(&'static str, String)>> {
+    let wf = serde_json::to_string(workflow).map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok(vec![
+        (field::USER, user.to_owned()),
+        (field::TAG, workflow.tag.clone()),
+        (field::STATUS, RunStatus::Queued.as_str().to_owned()),
+        (field::COUNTER, "0".into()),
+        (field::SEQ, "0".into()),
+        (field::CREATED_MS, created_ms.to_string()),
+        (field::WORKFLOW, wf),
+        (field::INPUTS, inputs.to_string()),
+    ])
 }
 
 /// Durably queues a run: its hash (status `queued`), the user's index and the
@@ -145,22 +208,10 @@ pub async fn enqueue<C: ConnectionLike + Send + Sync>(
     inputs: &Value,
 ) -> Result<u64> {
     let created_ms = crate::event::now_ms();
-    let wf = serde_json::to_string(workflow).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let fields = new_run_fields(user, workflow, inputs, created_ms)?;
     redis::pipe()
         .atomic()
-        .hset_multiple(
-            keys::run(run_id),
-            &[
-                (field::USER, user),
-                (field::TAG, workflow.tag.as_str()),
-                (field::STATUS, RunStatus::Queued.as_str()),
-                (field::COUNTER, "0"),
-                (field::SEQ, "0"),
-                (field::CREATED_MS, &created_ms.to_string()),
-                (field::WORKFLOW, &wf),
-                (field::INPUTS, &inputs.to_string()),
-            ],
-        )
+        .hset_multiple(keys::run(run_id), &fields)
         .ignore()
         .zadd(keys::user_runs(user), run_id, created_ms)
         .ignore()
@@ -169,6 +220,46 @@ pub async fn enqueue<C: ConnectionLike + Send + Sync>(
         .query_async::<()>(conn)
         .await?;
     Ok(created_ms)
+}
+
+/// Queues a child run of `parent`, at `depth`, unless a run with this id
+/// exists already (a resumed parent starting the same child again): the
+/// check and the writes are one script. True when it was queued now.
+pub async fn enqueue_child<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    run_id: &str,
+    user: &str,
+    workflow: &Workflow,
+    inputs: &Value,
+    parent: &Parent,
+    depth: u32,
+) -> Result<bool> {
+    let created_ms = crate::event::now_ms();
+    let mut fields = new_run_fields(user, workflow, inputs, created_ms)?;
+    fields.push((field::PARENT_RUN_ID, parent.parent_run_id.clone()));
+    fields.push((field::PARENT_NODE_ID, parent.parent_node_id.clone()));
+    fields.push((field::DEPTH, depth.to_string()));
+    let keys = [
+        keys::run(run_id),
+        keys::user_runs(user),
+        keys::REQUESTS.to_owned(),
+    ];
+    let mut args = vec![run_id.to_owned(), created_ms.to_string()];
+    for (f, v) in fields {
+        args.push(f.to_owned());
+        args.push(v);
+    }
+    let queued: i64 = ENQUEUE_CHILD.invoke(conn, &keys, &args).await?;
+    Ok(queued == 1)
+}
+
+/// A run's status; `None` if it does not exist.
+pub async fn status<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    run_id: &str,
+) -> Result<Option<RunStatus>> {
+    let s: Option<String> = conn.hget(keys::run(run_id), field::STATUS).await?;
+    Ok(s.and_then(|s| RunStatus::parse(&s)))
 }
 
 /// Asks whichever runner holds a run to cancel it: the request is recorded
@@ -186,6 +277,19 @@ pub async fn request_cancel<C: ConnectionLike + Send + Sync>(
         .ignore()
         .query_async::<()>(conn)
         .await?;
+    Ok(())
+}
+
+/// Asks a child run to cancel, if it exists: a parent cancelled while it
+/// was starting the child may have queued nothing (and must not leave a
+/// stub behind).
+pub async fn cancel_child<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    run_id: &str,
+) -> Result<()> {
+    if status(conn, run_id).await?.is_some() {
+        request_cancel(conn, run_id).await?;
+    }
     Ok(())
 }
 
@@ -265,21 +369,34 @@ pub async fn list<C: ConnectionLike + Send + Sync>(
     for id in &ids {
         pipe.hmget(
             keys::run(id),
-            &[field::TAG, field::STATUS, field::COUNTER, field::CREATED_MS],
+            &[
+                field::TAG,
+                field::STATUS,
+                field::COUNTER,
+                field::CREATED_MS,
+                field::PARENT_RUN_ID,
+            ],
         );
     }
-    type Row = (Option<String>, Option<String>, Option<u32>, Option<u64>);
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<u32>,
+        Option<u64>,
+        Option<String>,
+    );
     let rows: Vec<Row> = pipe.query_async(conn).await?;
     Ok(ids
         .into_iter()
         .zip(rows)
-        .filter_map(|(run_id, (tag, status, counter, created_ms))| {
+        .filter_map(|(run_id, (tag, status, counter, created_ms, parent))| {
             Some(RunSummary {
                 run_id,
                 tag: tag?,
                 status: status?,
                 counter,
                 created_ms,
+                parent_run_id: parent,
             })
         })
         .collect())
