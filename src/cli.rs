@@ -122,14 +122,27 @@ pub struct RunsArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8084/ws?username={user}")]
     pub ws_url: String,
     /// Register this workflow file (PUT /api/v1/workflows/{tag}) and run it.
-    #[arg(long, conflicts_with_all = ["tag", "wide"])]
+    #[arg(long, conflicts_with_all = ["tag", "wide", "foreach", "foreach_children"])]
     pub workflow: Option<PathBuf>,
     /// Run an already registered workflow.
-    #[arg(long, conflicts_with = "wide")]
+    #[arg(long, conflicts_with_all = ["wide", "foreach", "foreach_children"])]
     pub tag: Option<String>,
     /// Register and run a generated fan-out: start → N × delay 0 → end.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["foreach", "foreach_children"])]
     pub wide: Option<usize>,
+    /// Register and run one delay-0 node with `foreach` over N items.
+    #[arg(long, conflicts_with = "foreach_children")]
+    pub foreach: Option<usize>,
+    /// Register and run a `workflow` node with `foreach` over N items: one
+    /// child run (of a one-node workflow) per item.
+    #[arg(long)]
+    pub foreach_children: Option<usize>,
+    /// `concurrency` of the generated `foreach` node.
+    #[arg(long, default_value_t = 16)]
+    pub item_concurrency: u32,
+    /// The generated workflow asks for `node_started` events.
+    #[arg(long)]
+    pub node_started: bool,
     /// The runs' inputs (JSON object).
     #[arg(long, default_value = r#"{"city":"Paris"}"#)]
     pub inputs: String,

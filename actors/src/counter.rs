@@ -159,7 +159,7 @@ pub struct Ended {
 pub type Gate<'a> = &'a mut dyn FnMut(usize) -> bool;
 
 /// A run's node states and counter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunState {
     status: RunStatus,
     nodes: Vec<NodeStatus>,
@@ -168,6 +168,17 @@ pub struct RunState {
     /// Parents of each node that completed.
     completed_parents: Vec<u32>,
     counter: u32,
+    /// While a step is only tried ([`RunState::unknown_conditions`]): the
+    /// old values of what it changed, to put back.
+    journal: Option<Vec<Undo>>,
+}
+
+/// A value a tried step changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Undo {
+    Node(usize, NodeStatus),
+    Pending(usize, u32),
+    Completed(usize, u32),
 }
 
 impl RunState {
@@ -209,7 +220,27 @@ impl RunState {
             pending_parents,
             completed_parents,
             counter,
+            journal: None,
         }
+    }
+
+    fn set_node(&mut self, i: usize, s: NodeStatus) {
+        if let Some(j) = &mut self.journal {
+            j.push(Undo::Node(i, self.nodes[i]));
+        }
+        self.nodes[i] = s;
+    }
+
+    /// Counts one more finished parent of `c` (a completed one if
+    /// `completed`); true when `c` has none left unfinished.
+    fn parent_done(&mut self, c: usize, completed: bool) -> bool {
+        if let Some(j) = &mut self.journal {
+            j.push(Undo::Pending(c, self.pending_parents[c]));
+            j.push(Undo::Completed(c, self.completed_parents[c]));
+        }
+        self.pending_parents[c] -= 1;
+        self.completed_parents[c] += u32::from(completed);
+        self.pending_parents[c] == 0
     }
 
     /// The run's status.
@@ -244,7 +275,7 @@ impl RunState {
         if self.nodes[i] != NodeStatus::Active {
             return Err(Rejected::NotActive);
         }
-        self.nodes[i] = NodeStatus::Completed;
+        self.set_node(i, NodeStatus::Completed);
         let mut step = Step::default();
         self.release_children(dag, vec![i], when, &mut step);
         // +k then −1, applied together: the counter never passes through 0
@@ -254,22 +285,33 @@ impl RunState {
     }
 
     /// The conditions a step would ask for that `known` cannot answer yet:
-    /// the step is tried on a copy, unknown conditions taken as true (a
-    /// node that runs decides nothing further). Evaluate these, then ask
-    /// again: a false one may make the cascade reach more conditions.
+    /// the step is tried and undone (the state is left as it was, at the
+    /// cost of what the step changes, not of the run's size), unknown
+    /// conditions taken as true (a node that runs decides nothing
+    /// further). Evaluate these, then ask again: a false one may make the
+    /// cascade reach more conditions.
     pub fn unknown_conditions(
-        &self,
+        &mut self,
         known: impl Fn(usize) -> Option<bool>,
         step: impl FnOnce(&mut Self, Gate),
     ) -> Vec<usize> {
-        let mut probe = self.clone();
+        let (status, counter) = (self.status, self.counter);
+        self.journal = Some(Vec::new());
         let mut unknown = Vec::new();
-        step(&mut probe, &mut |c| {
+        step(self, &mut |c| {
             known(c).unwrap_or_else(|| {
                 unknown.push(c);
                 true
             })
         });
+        for undo in self.journal.take().unwrap_or_default().into_iter().rev() {
+            match undo {
+                Undo::Node(i, s) => self.nodes[i] = s,
+                Undo::Pending(i, v) => self.pending_parents[i] = v,
+                Undo::Completed(i, v) => self.completed_parents[i] = v,
+            }
+        }
+        (self.status, self.counter) = (status, counter);
         unknown
     }
 
@@ -306,9 +348,7 @@ impl RunState {
             let completed = self.nodes[f] == NodeStatus::Completed;
             let mut ready = Vec::new();
             for &c in &dag.children[f] {
-                self.pending_parents[c] -= 1;
-                self.completed_parents[c] += u32::from(completed);
-                if self.pending_parents[c] == 0 {
+                if self.parent_done(c, completed) {
                     ready.push(c);
                 }
             }
@@ -329,11 +369,11 @@ impl RunState {
         for c in ready {
             match self.decide(dag, c, when) {
                 None => {
-                    self.nodes[c] = NodeStatus::Active;
+                    self.set_node(c, NodeStatus::Active);
                     step.activated.push(c);
                 }
                 Some(reason) => {
-                    self.nodes[c] = NodeStatus::Skipped;
+                    self.set_node(c, NodeStatus::Skipped);
                     step.skipped.push((c, reason));
                     skipped.push(c);
                 }
@@ -648,7 +688,7 @@ mod tests {
             },
         ];
         let d = build(&nodes);
-        let (s, _) = RunState::start(&d, &mut gate(&nodes));
+        let (mut s, _) = RunState::start(&d, &mut gate(&nodes));
         let mut known = std::collections::HashMap::new();
         let need = s.unknown_conditions(
             |c| known.get(&c).copied(),
@@ -665,7 +705,6 @@ mod tests {
             },
         );
         assert!(need.is_empty(), "{need:?}");
-        let mut s = s;
         let st = s.complete(&d, 0, &mut |c| known[&c]).unwrap();
         assert!(st.finished);
         assert_eq!(st.skipped.len(), 4);
@@ -721,7 +760,7 @@ mod tests {
     /// for nodes whose trigger let them run.
     fn checked_gate<'a>(
         nodes: &'a [N],
-        asked: &'a mut Vec<bool>,
+        asked: &'a mut [bool],
         state: &'a [NodeStatus],
     ) -> impl FnMut(usize) -> bool + 'a {
         move |c| {
@@ -755,7 +794,7 @@ mod tests {
             let mut ended = vec![0u32; d.len()];
             let mut activated = vec![false; d.len()];
             let mut finished_signals = u32::from(st.finished);
-            let track = |st: &Step, ended: &mut Vec<u32>, activated: &mut Vec<bool>| {
+            let track = |st: &Step, ended: &mut [u32], activated: &mut [bool]| {
                 for &a in &st.activated {
                     assert!(!std::mem::replace(&mut activated[a], true), "n{a} activated twice");
                 }
@@ -772,6 +811,13 @@ mod tests {
                 prop_assert!(!active.is_empty(), "stuck with nodes left");
                 prop_assert_eq!(s.counter() as usize, active.len());
                 let i = active[pick.next().unwrap().index(active.len())];
+                // Trying the step changes nothing, and asks only about conditions.
+                let before = s.clone();
+                let need = s.unknown_conditions(|_| None, |s, g| {
+                    let _ = s.complete(&d, i, g);
+                });
+                prop_assert_eq!(&s, &before);
+                prop_assert!(need.iter().all(|&c| nodes[c].cond.is_some()));
                 let snapshot = s.nodes().to_vec();
                 let st = s.complete(&d, i, &mut checked_gate(&nodes, &mut asked, &snapshot)).unwrap();
                 ended[i] += 1;

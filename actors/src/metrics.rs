@@ -17,7 +17,8 @@ pub struct Metrics {
     pub runs_accepted: IntCounter,
     /// Runs by terminal or start outcome (`started`, `completed`, `failed`, `cancelled`).
     pub runs: IntCounterVec,
-    /// Node attempts by kind and outcome.
+    /// Node attempts by kind and outcome (`completed`, `failed`; a
+    /// `foreach` node's items: `item_completed`, `item_failed`).
     pub nodes: IntCounterVec,
     /// Events written to history and published.
     pub events_published: IntCounter,

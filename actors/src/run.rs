@@ -125,6 +125,8 @@ pub struct FlowEnv {
 /// A `foreach` node whose items are running.
 struct ForeachRun {
     items: Rc<Vec<Value>>,
+    /// The node's `{inputs, nodes}`, built once for all its items.
+    input: Value,
     state: Items,
     handles: HashMap<usize, SpawnHandle>,
     attempts: HashMap<usize, u32>,
@@ -252,23 +254,27 @@ impl RunActor {
         self.running.insert(i, handle);
     }
 
-    /// One attempt of node `i`, or of its item `item` (index, value).
+    /// One attempt of node `i`, or of its item `item` (index, value, and
+    /// the node's input, which the item's is built on).
     fn attempt(
         &mut self,
         i: usize,
-        item: Option<(usize, Value)>,
+        item: Option<(usize, Value, Value)>,
         attempt: u32,
     ) -> LocalBoxFuture<'static, Result<Value, NodeError>> {
         let spec = self.setup.dag.node(i).clone();
-        let mut input = match spec.kind {
-            NodeKind::Delay { .. } => Value::Null,
-            _ => self.input_for(i),
+        let index = item.as_ref().map(|(idx, _, _)| *idx);
+        let input = match (item, &spec.kind) {
+            (Some((idx, v, mut input)), _) => {
+                if let Value::Object(m) = &mut input {
+                    m.insert("item".into(), v);
+                    m.insert("index".into(), idx.into());
+                }
+                input
+            }
+            (None, NodeKind::Delay { .. }) => Value::Null,
+            (None, _) => self.input_for(i),
         };
-        let index = item.as_ref().map(|(idx, _)| *idx);
-        if let (Some((idx, v)), Value::Object(m)) = (item, &mut input) {
-            m.insert("item".into(), v);
-            m.insert("index".into(), idx.into());
-        }
         if let NodeKind::Workflow(child) = &spec.kind {
             let run_id = child::child_run_id(&self.setup.run_id, &spec.id, index, attempt);
             self.child_runs.insert((i, index), run_id.clone());
@@ -561,10 +567,15 @@ impl RunActor {
     }
 
     fn run_items(&mut self, i: usize, items: Vec<Value>, state: Items, ctx: &mut Context<Self>) {
+        let input = match self.setup.dag.node(i).kind {
+            NodeKind::Delay { .. } => Value::Null,
+            _ => self.input_for(i),
+        };
         self.foreach.insert(
             i,
             ForeachRun {
                 items: Rc::new(items),
+                input,
                 state,
                 handles: HashMap::new(),
                 attempts: HashMap::new(),
@@ -599,6 +610,11 @@ impl RunActor {
         if f.state.is_complete() {
             let out = f.state.output();
             self.foreach.remove(&i);
+            let kind = self.setup.dag.node(i).kind_name();
+            self.metrics
+                .nodes
+                .with_label_values(&[kind, "completed"])
+                .inc();
             return self.completed(i, out, ctx);
         }
         for idx in f.state.start(concurrency) {
@@ -614,7 +630,8 @@ impl RunActor {
         *attempt += 1;
         let attempt = *attempt;
         let item = f.items.get(idx).cloned().unwrap_or(Value::Null);
-        let fut = self.attempt(i, Some((idx, item)), attempt);
+        let input = f.input.clone();
+        let fut = self.attempt(i, Some((idx, item, input)), attempt);
         let handle = ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.child_runs.remove(&(i, Some(idx)));
             act.item_finished(i, idx, r, ctx);
@@ -646,7 +663,10 @@ impl RunActor {
                     return;
                 }
                 let (done, total) = (f.state.done(), f.state.total());
-                self.metrics.nodes.with_label_values(&[kind, "item"]).inc();
+                self.metrics
+                    .nodes
+                    .with_label_values(&[kind, "item_completed"])
+                    .inc();
                 let mut c = self.commit();
                 c.store_result(
                     item_ref.clone(),
@@ -658,6 +678,10 @@ impl RunActor {
                 self.pump(i, ctx);
             }
             Err(e) => {
+                self.metrics
+                    .nodes
+                    .with_label_values(&[kind, "item_failed"])
+                    .inc();
                 let dag = self.setup.dag.clone();
                 let spec = dag.node(i);
                 if e.retryable && attempt < spec.max_attempts() {

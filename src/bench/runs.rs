@@ -6,7 +6,11 @@
 //! socket) or at a fixed rate. For each run the bench notes the POST time
 //! and the receipt of `workflow_started` and of its terminal event, which
 //! gives POST→started and POST→completed latencies, and counts node
-//! completions and events. Afterwards, in the same invocation and on the
+//! completions and events, `foreach` items done (`node_progress`) and child
+//! runs completed (events that carry `parent_run_id`). Generated workflows:
+//! `--wide N` (a static fan-out of N nodes), `--foreach N` (one node over N
+//! items), `--foreach-children N` (one child run per item), each with
+//! `node_started` events on request. Afterwards, in the same invocation and on the
 //! same Redis, the [`ceiling`](super::ceiling) of the commit writes is
 //! measured, and the node completion rate is reported as a fraction of it.
 
@@ -51,6 +55,37 @@ pub fn wide_workflow(width: usize) -> Value {
     json!({"tag": format!("bench-wide-{width}"), "nodes": nodes})
 }
 
+/// The child workflow of [`foreach_workflow`]'s children: one delay 0.
+pub fn child_workflow() -> Value {
+    json!({"tag": "bench-child", "nodes": [{"id": "leaf", "kind": "delay", "ms": 0}]})
+}
+
+/// The generated `foreach` workflow: `start` → one node over `items` items
+/// (a delay 0 each, or with `children` a run of [`child_workflow`] each)
+/// → `end`: the same shape of work as [`wide_workflow`]`(items)`.
+pub fn foreach_workflow(items: usize, concurrency: u32, children: bool) -> Value {
+    let (tag, mut each) = if children {
+        (
+            format!("bench-children-{items}"),
+            json!({"kind": "workflow", "tag": "bench-child", "inputs": "{}"}),
+        )
+    } else {
+        (
+            format!("bench-foreach-{items}"),
+            json!({"kind": "delay", "ms": 0}),
+        )
+    };
+    each["id"] = json!("each");
+    each["depends_on"] = json!(["start"]);
+    each["foreach"] = json!(format!("[range({items})]"));
+    each["concurrency"] = json!(concurrency);
+    json!({"tag": tag, "nodes": [
+        {"id": "start", "kind": "delay", "ms": 0},
+        each,
+        {"id": "end", "kind": "delay", "ms": 0, "depends_on": ["each"]}
+    ]})
+}
+
 /// The fields of an event the bench reads.
 #[derive(Debug, Deserialize)]
 struct EventHead<'a> {
@@ -58,6 +93,12 @@ struct EventHead<'a> {
     kind: Cow<'a, str>,
     #[serde(default, borrow)]
     run_id: Option<Cow<'a, str>>,
+    /// Set on a child run's events.
+    #[serde(default, borrow)]
+    parent_run_id: Option<Cow<'a, str>>,
+    /// Items done, on `node_progress`.
+    #[serde(default)]
+    done: Option<u64>,
 }
 
 #[derive(Default)]
@@ -78,6 +119,10 @@ struct Tracker {
     to_started: Histogram,
     to_completed: Histogram,
     frames: AtomicU64,
+    /// `foreach` items done (`node_progress` after the first item).
+    items: AtomicU64,
+    /// Child runs that completed.
+    child_runs: AtomicU64,
 }
 
 impl Tracker {
@@ -103,6 +148,16 @@ impl Tracker {
         let Some(run_id) = e.run_id else {
             return;
         };
+        if e.parent_run_id.is_some() {
+            // A child run: counted, not tracked (the bench did not post it).
+            if e.kind == "workflow_completed" {
+                self.child_runs.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        if e.kind == "node_progress" && e.done.unwrap_or(0) > 0 {
+            self.items.fetch_add(1, Ordering::Relaxed);
+        }
         let mut runs = self.lock();
         let t = runs.entry(run_id.into_owned()).or_default();
         t.events += 1;
@@ -241,6 +296,10 @@ struct Report {
     runs_per_s: f64,
     node_completions_per_s: f64,
     events_per_s: f64,
+    items: u64,
+    items_per_s: f64,
+    child_runs: u64,
+    child_runs_per_s: f64,
     post_to_started_us: Summary,
     post_to_completed_us: Summary,
     ceiling: Option<Ceiling>,
@@ -270,8 +329,23 @@ fn check(args: &RunsArgs) -> anyhow::Result<()> {
 
 /// Registers the workflow if one is given; returns its tag and node count.
 async fn workflow(args: &RunsArgs, user: &str) -> anyhow::Result<(String, Option<usize>)> {
-    let body = match (&args.wide, &args.workflow, &args.tag) {
-        (Some(w), _, _) => wide_workflow(*w),
+    if args.foreach_children.is_some() {
+        put_workflow(args, user, &child_workflow()).await?;
+    }
+    let generated = match (args.wide, args.foreach, args.foreach_children) {
+        (Some(w), _, _) => Some(wide_workflow(w)),
+        (_, Some(n), _) => Some(foreach_workflow(n, args.item_concurrency, false)),
+        (_, _, Some(n)) => Some(foreach_workflow(n, args.item_concurrency, true)),
+        _ => None,
+    };
+    let body = match (generated, &args.workflow, &args.tag) {
+        (Some(mut w), _, _) => {
+            if args.node_started {
+                w["events"] = json!({"node_started": true});
+                w["tag"] = json!(format!("{}-started", w["tag"].as_str().unwrap_or("")));
+            }
+            w
+        }
         (None, Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -282,11 +356,18 @@ async fn workflow(args: &RunsArgs, user: &str) -> anyhow::Result<(String, Option
             return Ok((tag.clone().unwrap_or_else(|| "flight-search".into()), None))
         }
     };
+    let nodes = body["nodes"].as_array().map(Vec::len);
+    let tag = put_workflow(args, user, &body).await?;
+    log::info!("registered workflow {tag} ({} nodes)", nodes.unwrap_or(0));
+    Ok((tag, nodes))
+}
+
+/// Registers a workflow (PUT /api/v1/workflows/{tag}); returns its tag.
+async fn put_workflow(args: &RunsArgs, user: &str, body: &Value) -> anyhow::Result<String> {
     let tag = body["tag"]
         .as_str()
         .context("the workflow has no \"tag\"")?
         .to_owned();
-    let nodes = body["nodes"].as_array().map(Vec::len);
     let mut http = HttpConn::new(&args.api)?;
     let (status, resp) = http
         .request(
@@ -302,8 +383,7 @@ async fn workflow(args: &RunsArgs, user: &str) -> anyhow::Result<(String, Option
             String::from_utf8_lossy(&resp)
         );
     }
-    log::info!("registered workflow {tag} ({} nodes)", nodes.unwrap_or(0));
-    Ok((tag, nodes))
+    Ok(tag)
 }
 
 /// Runs the runner bench.
@@ -465,6 +545,10 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
         runs_per_s: per_sec(totals.completed + totals.failed, elapsed_s),
         node_completions_per_s: node_rate,
         events_per_s: per_sec(totals.events, elapsed_s),
+        items: tracker.items.load(Ordering::Relaxed),
+        items_per_s: per_sec(tracker.items.load(Ordering::Relaxed), elapsed_s),
+        child_runs: tracker.child_runs.load(Ordering::Relaxed),
+        child_runs_per_s: per_sec(tracker.child_runs.load(Ordering::Relaxed), elapsed_s),
         post_to_started_us: tracker.to_started.summary(),
         post_to_completed_us: tracker.to_completed.summary(),
         ratio_to_ceiling: ceiling
@@ -515,6 +599,18 @@ fn table(r: &Report) -> Table {
             r.elapsed_s
         ),
     );
+    if r.items > 0 || r.child_runs > 0 {
+        t.row(
+            "foreach",
+            format!(
+                "{} items ({}), {} child runs completed ({})",
+                thousands(r.items),
+                rate(r.items_per_s),
+                thousands(r.child_runs),
+                rate(r.child_runs_per_s)
+            ),
+        );
+    }
     t.latency("POST → workflow_started", &r.post_to_started_us);
     t.latency("POST → workflow_completed", &r.post_to_completed_us);
     if let Some(c) = &r.ceiling {
@@ -552,6 +648,52 @@ mod tests {
         assert_eq!(nodes[4]["depends_on"], json!(["w0", "w1", "w2"]));
         let wf: flowcast_actors::workflow::Workflow = serde_json::from_value(w).unwrap();
         assert!(wf.compile(10_000).is_ok());
+    }
+
+    #[test]
+    fn the_foreach_workflows_compile_and_match_the_wide_shape() {
+        for children in [false, true] {
+            let w = foreach_workflow(1000, 64, children);
+            let nodes = w["nodes"].as_array().unwrap();
+            assert_eq!(nodes.len(), 3);
+            assert_eq!(nodes[1]["foreach"], "[range(1000)]");
+            assert_eq!(nodes[1]["concurrency"], 64);
+            let wf = flowcast_actors::workflow::Workflow::from_json(w).unwrap();
+            assert!(wf.compile(10_000).is_ok());
+        }
+        let c = flowcast_actors::workflow::Workflow::from_json(child_workflow()).unwrap();
+        assert!(c.compile(10).is_ok());
+    }
+
+    #[test]
+    fn items_and_child_runs_are_counted_apart_from_the_posted_runs() {
+        let t = Tracker::default();
+        t.posted("p", 1_000);
+        t.event(
+            r#"{"type":"node_progress","run_id":"p","done":0,"total":2}"#,
+            1_100,
+        );
+        t.event(
+            r#"{"type":"node_progress","run_id":"p","done":1,"total":2}"#,
+            1_200,
+        );
+        t.event(
+            r#"{"type":"workflow_started","run_id":"c","parent_run_id":"p"}"#,
+            1_250,
+        );
+        t.event(
+            r#"{"type":"workflow_completed","run_id":"c","parent_run_id":"p"}"#,
+            1_300,
+        );
+        t.event(
+            r#"{"type":"node_progress","run_id":"p","done":2,"total":2}"#,
+            1_400,
+        );
+        t.event(r#"{"type":"workflow_completed","run_id":"p"}"#, 1_500);
+        assert_eq!(t.items.load(Ordering::Relaxed), 2);
+        assert_eq!(t.child_runs.load(Ordering::Relaxed), 1);
+        let s = t.totals();
+        assert_eq!((s.posted, s.completed, s.events), (1, 1, 4));
     }
 
     #[test]
