@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
+use flowcast_actors::store::keys;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -139,7 +140,7 @@ async fn flight_search_keeps_exactly_the_seeds_four_events_on_redis_and_a_socket
 #[actix_rt::test]
 async fn a_branch_runs_one_side_skips_the_other_and_the_join_runs() {
     let (redis, d) = start(&[]).await;
-    let mut sub = Sub::new(&redis, "workflow:events:brancher").await;
+    let mut sub = Sub::new(&redis, &keys::channel("brancher")).await;
     let id = start_run(&d, "brancher", "flight-branch", json!({"city": "NYC"})).await;
     let ev = sub.take(6, T).await;
     assert_eq!(
@@ -386,7 +387,7 @@ async fn a_condition_that_fails_fails_its_node_without_retry() {
 #[actix_rt::test]
 async fn foreach_runs_every_item_reports_progress_and_outputs_in_item_order() {
     let (redis, d) = start(&[]).await;
-    let mut sub = Sub::new(&redis, "workflow:events:looper").await;
+    let mut sub = Sub::new(&redis, &keys::channel("looper")).await;
     register(
         &d,
         &json!({"tag": "squares", "nodes": [
@@ -503,13 +504,13 @@ struct ItemServer {
 }
 
 impl ItemServer {
-    async fn start(items: usize, hold_from: usize) -> Self {
+    fn start(items: usize, hold_from: usize) -> Self {
         let calls = Arc::new(Mutex::new(vec![0usize; items]));
         let hold = Arc::new(AtomicBool::new(true));
         let (c, h) = (calls.clone(), hold.clone());
-        let srv = HttpServer::new(move || {
+        let (base, srv) = local_server(move |app| {
             let (c, h) = (c.clone(), h.clone());
-            App::new().route(
+            app.route(
                 "/item/{i}",
                 web::get().to(move |i: web::Path<usize>| {
                     let (c, h) = (c.clone(), h.clone());
@@ -524,21 +525,13 @@ impl ItemServer {
                         HttpResponse::Ok().json(json!({"i": i}))
                     }
                 }),
-            )
-        })
-        .workers(2)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .unwrap();
-        let addr = srv.addrs()[0];
-        let srv = srv.run();
-        let handle = srv.handle();
-        actix_rt::spawn(srv);
+            );
+        });
         Self {
-            base: format!("http://{addr}"),
+            base,
             calls,
             hold,
-            _srv: handle,
+            _srv: srv,
         }
     }
 
@@ -554,7 +547,7 @@ impl ItemServer {
 async fn kill9_in_a_foreach_does_not_redo_finished_items() {
     const ITEMS: usize = 10;
     const HOLD_FROM: usize = 5;
-    let srv = ItemServer::start(ITEMS, HOLD_FROM).await;
+    let srv = ItemServer::start(ITEMS, HOLD_FROM);
     let args = ["--http-allow", "127.0.0.1/32", "--instance-id", "runner-a"];
     let (redis, mut d) = start(&args).await;
     register(
@@ -604,7 +597,7 @@ async fn kill9_in_a_foreach_does_not_redo_finished_items() {
 #[actix_rt::test]
 async fn a_child_run_gives_its_sinks_as_output_and_its_events_name_the_parent() {
     let (redis, d) = start(&[]).await;
-    let mut sub = Sub::new(&redis, "workflow:events:parent-user").await;
+    let mut sub = Sub::new(&redis, &keys::channel("parent-user")).await;
     let parent = start_run(&d, "parent-user", "flight-trip", json!({"to": "Oslo"})).await;
     let run = wait_run(&d, "parent-user", &parent, T).await;
     assert_eq!(run["status"], "completed", "{run}");
@@ -726,7 +719,7 @@ async fn a_failing_child_fails_the_parent_node() {
 #[actix_rt::test]
 async fn cancelling_a_parent_cancels_its_running_child() {
     let (redis, d) = start(&[]).await;
-    let mut sub = Sub::new(&redis, "workflow:events:canceller").await;
+    let mut sub = Sub::new(&redis, &keys::channel("canceller")).await;
     register(
         &d,
         &json!({"tag": "long-child", "nodes": [{"id": "wait", "kind": "delay", "ms": 600000}]}),
@@ -841,10 +834,9 @@ async fn a_missing_child_and_too_deep_a_nesting_fail_the_node_at_run_time() {
 #[actix_rt::test]
 async fn node_started_comes_before_every_attempt_in_workflows_that_ask() {
     let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let srv = HttpServer::new(move || {
-        let h = h.clone();
-        App::new().route(
+    let (base, _srv) = local_server(move |app| {
+        let h = hits.clone();
+        app.route(
             "/flaky",
             web::get().to(move || {
                 let n = h.fetch_add(1, Ordering::SeqCst);
@@ -856,14 +848,8 @@ async fn node_started_comes_before_every_attempt_in_workflows_that_ask() {
                     }
                 }
             }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let base = format!("http://{}", srv.addrs()[0]);
-    actix_rt::spawn(srv.run());
+        );
+    });
     let (_redis, d) = start(&["--http-allow", "127.0.0.1/32"]).await;
     let nodes = json!([
         {"id": "call", "kind": "http", "url": format!("{base}/flaky"),

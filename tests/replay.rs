@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use flowcast_actors::store::keys;
 use serde_json::{json, Value};
 
@@ -246,44 +246,35 @@ async fn cancel_mid_run_is_idempotent_and_a_finished_run_is_a_conflict() {
 async fn test_server() -> (String, Arc<AtomicUsize>, actix_web::dev::ServerHandle) {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
-    let srv = HttpServer::new(move || {
+    let (base, handle) = local_server(move |app| {
         let h = h.clone();
-        App::new()
-            .route(
-                "/flaky",
-                web::post().to(move |body: web::Json<Value>| {
-                    let n = h.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        if n < 2 {
-                            HttpResponse::InternalServerError().body("try again")
-                        } else {
-                            HttpResponse::Ok()
-                                .json(json!({"echo": body.into_inner(), "attempt": n + 1}))
-                        }
+        app.route(
+            "/flaky",
+            web::post().to(move |body: web::Json<Value>| {
+                let n = h.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        HttpResponse::InternalServerError().body("try again")
+                    } else {
+                        HttpResponse::Ok()
+                            .json(json!({"echo": body.into_inner(), "attempt": n + 1}))
                     }
-                }),
-            )
-            .route(
-                "/slow",
-                web::get().to(|| async {
-                    actix_rt::time::sleep(Duration::from_secs(2)).await;
-                    HttpResponse::Ok().json(json!({}))
-                }),
-            )
-            .route(
-                "/missing",
-                web::get().to(|| async { HttpResponse::NotFound().body("no") }),
-            )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let addr = srv.addrs()[0];
-    let srv = srv.run();
-    let handle = srv.handle();
-    actix_rt::spawn(srv);
-    (format!("http://{addr}"), hits, handle)
+                }
+            }),
+        )
+        .route(
+            "/slow",
+            web::get().to(|| async {
+                actix_rt::time::sleep(Duration::from_secs(2)).await;
+                HttpResponse::Ok().json(json!({}))
+            }),
+        )
+        .route(
+            "/missing",
+            web::get().to(|| async { HttpResponse::NotFound().body("no") }),
+        );
+    });
+    (base, hits, handle)
 }
 
 #[actix_rt::test]

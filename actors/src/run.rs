@@ -381,6 +381,10 @@ impl RunActor {
         if !unknown.is_empty() {
             return self.evaluate_conditions(unknown, ctx, move |act, ctx| act.advance(i, ctx));
         }
+        let Some(out) = self.setup.outputs.get(&i) else {
+            return;
+        };
+        let (result_ref, bytes) = result::address(out);
         let conditions = &self.conditions;
         let Ok(step) = self.setup.state.complete(&dag, i, &mut |c| {
             conditions
@@ -389,10 +393,6 @@ impl RunActor {
         }) else {
             return;
         };
-        let Some(out) = self.setup.outputs.get(&i) else {
-            return;
-        };
-        let (result_ref, bytes) = result::address(out);
         let mut c = self.commit();
         c.store_result(
             result_ref.clone(),
@@ -506,6 +506,9 @@ impl RunActor {
         if let Some(items) = resumed.items {
             return self.items_ready(i, items, resumed.finished, ctx);
         }
+        // Items committed before a crash stay done even if the array has to
+        // be evaluated again.
+        let finished = resumed.finished;
         let spec = self.setup.dag.node(i);
         let filter = spec.foreach.clone().unwrap_or_default();
         let deadline = condition_deadline(spec.timeout_ms);
@@ -525,7 +528,7 @@ impl RunActor {
         let handle = ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.running.remove(&i);
             match r {
-                Ok(items) => act.items_ready(i, items, Vec::new(), ctx),
+                Ok(items) => act.items_ready(i, items, finished, ctx),
                 Err(e) => act.failed(i, e, ctx),
             }
         }));

@@ -669,27 +669,19 @@ mod tests {
     fn items_and_child_runs_are_counted_apart_from_the_posted_runs() {
         let t = Tracker::default();
         t.posted("p", 1_000);
-        t.event(
+        for (i, e) in [
             r#"{"type":"node_progress","run_id":"p","done":0,"total":2}"#,
-            1_100,
-        );
-        t.event(
             r#"{"type":"node_progress","run_id":"p","done":1,"total":2}"#,
-            1_200,
-        );
-        t.event(
             r#"{"type":"workflow_started","run_id":"c","parent_run_id":"p"}"#,
-            1_250,
-        );
-        t.event(
             r#"{"type":"workflow_completed","run_id":"c","parent_run_id":"p"}"#,
-            1_300,
-        );
-        t.event(
             r#"{"type":"node_progress","run_id":"p","done":2,"total":2}"#,
-            1_400,
-        );
-        t.event(r#"{"type":"workflow_completed","run_id":"p"}"#, 1_500);
+            r#"{"type":"workflow_completed","run_id":"p"}"#,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t.event(e, 1_100 + i as u64 * 100);
+        }
         assert_eq!(t.items.load(Ordering::Relaxed), 2);
         assert_eq!(t.child_runs.load(Ordering::Relaxed), 1);
         let s = t.totals();
