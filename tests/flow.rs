@@ -703,6 +703,24 @@ async fn a_failing_child_fails_the_parent_node() {
         ]}),
     )
     .await;
+    // Inputs that are not an object: the node fails, not retried.
+    register(
+        &d,
+        &json!({"tag": "bad-inputs", "nodes": [
+            {"id": "call", "kind": "workflow", "tag": "breaks", "inputs": "[1, 2]",
+             "retry": {"max_attempts": 3, "backoff_ms": 1}}
+        ]}),
+    )
+    .await;
+    let (run, ev) = run_to_end(&d, "f", "bad-inputs", json!({})).await;
+    assert_eq!(run["status"], "failed");
+    let failed: Vec<&Value> = ev.iter().filter(|e| e["type"] == "node_failed").collect();
+    assert_eq!(failed.len(), 1, "{ev:#?}");
+    assert!(failed[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("inputs gave a list, not an object"));
+
     let (run, ev) = run_to_end(&d, "f", "calls-breaks", json!({})).await;
     assert_eq!(run["status"], "failed");
     let last = ev.last().unwrap();
@@ -713,6 +731,63 @@ async fn a_failing_child_fails_the_parent_node() {
         error.contains("(\"breaks\") failed: node \"boom\"") && error.contains("child broke"),
         "{error}"
     );
+    assert_no_panic(&d);
+}
+
+/// kill -9 while a child runs: the restarted daemon resumes both, and the
+/// parent finds the child it had started instead of starting another
+/// (with `node_started`, whose record holds the attempt in flight).
+#[actix_rt::test]
+async fn kill9_with_a_running_child_resumes_the_parent_with_the_same_child() {
+    let args = ["--instance-id", "runner-a"];
+    let (redis, mut d) = start(&args).await;
+    let mut sub = Sub::new(&redis, &keys::channel("crasher")).await;
+    register(
+        &d,
+        &json!({"tag": "slow-leaf", "nodes": [{"id": "wait", "kind": "delay", "ms": 3000}]}),
+    )
+    .await;
+    register(
+        &d,
+        &json!({"tag": "slow-root", "events": {"node_started": true}, "nodes": [
+            {"id": "call", "kind": "workflow", "tag": "slow-leaf"}
+        ]}),
+    )
+    .await;
+    let parent = start_run(&d, "crasher", "slow-root", json!({})).await;
+    let child = loop {
+        let e = sub.next(T).await.expect("the child's workflow_started");
+        if e["type"] == "workflow_started" && e["parent_run_id"] == parent.as_str() {
+            break e["run_id"].as_str().unwrap().to_owned();
+        }
+    };
+    d.kill9();
+    let d = Daemon::start(&redis, &args);
+    let run = wait_run(&d, "crasher", &parent, T).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(
+        output(&d, "crasher", &run["nodes"]["call"]["result_ref"]).await,
+        json!({"wait": null})
+    );
+    let r = get(&format!("{}/api/v1/runs", d.api), Some("crasher")).await;
+    let ids: Vec<&str> = r.body["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "one parent, one child: {}", r.text);
+    assert!(ids.contains(&child.as_str()));
+    let ev = run_events(&d, "crasher", &parent).await;
+    assert_well_formed(&ev);
+    // The attempt in flight ran again under its number.
+    let started: Vec<u64> = ev
+        .iter()
+        .filter(|e| e["type"] == "node_started")
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
+    assert!(started.iter().all(|&a| a == 1), "{ev:#?}");
+    assert_clean(&mut redis.conn(), &[parent, child]);
     assert_no_panic(&d);
 }
 
