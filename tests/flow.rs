@@ -68,6 +68,17 @@ async fn run_to_end(d: &Daemon, user: &str, tag: &str, inputs: Value) -> (Value,
     (run, events)
 }
 
+/// Waits on `sub` for the `workflow_started` of a child of `parent`;
+/// returns the child's run id.
+async fn child_started(sub: &mut Sub, parent: &str) -> String {
+    loop {
+        let e = sub.next(T).await.expect("the child's workflow_started");
+        if e["type"] == "workflow_started" && e["parent_run_id"] == parent {
+            return e["run_id"].as_str().unwrap().to_owned();
+        }
+    }
+}
+
 /// Every event of one run, in order, with seq 1, 2, ... and one terminal
 /// event, the last.
 fn assert_well_formed(events: &[Value]) {
@@ -755,12 +766,7 @@ async fn kill9_with_a_running_child_resumes_the_parent_with_the_same_child() {
     )
     .await;
     let parent = start_run(&d, "crasher", "slow-root", json!({})).await;
-    let child = loop {
-        let e = sub.next(T).await.expect("the child's workflow_started");
-        if e["type"] == "workflow_started" && e["parent_run_id"] == parent.as_str() {
-            break e["run_id"].as_str().unwrap().to_owned();
-        }
-    };
+    let child = child_started(&mut sub, &parent).await;
     d.kill9();
     let d = Daemon::start(&redis, &args);
     let run = wait_run(&d, "crasher", &parent, T).await;
@@ -810,12 +816,7 @@ async fn cancelling_a_parent_cancels_its_running_child() {
     .await;
     let parent = start_run(&d, "canceller", "long-parent", json!({})).await;
     // The child has started.
-    let child = loop {
-        let e = sub.next(T).await.expect("the child's workflow_started");
-        if e["type"] == "workflow_started" && e["parent_run_id"] == parent.as_str() {
-            break e["run_id"].as_str().unwrap().to_owned();
-        }
-    };
+    let child = child_started(&mut sub, &parent).await;
     let r = post(
         &format!("{}/api/v1/runs/{parent}/cancel", d.api),
         Some("canceller"),
