@@ -10,5 +10,6 @@ mod errors;
 mod fanout;
 mod recovery;
 mod replay;
+mod runner;
 mod runs;
 mod seed;

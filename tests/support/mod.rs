@@ -12,6 +12,7 @@
 //!   hand-written requests for what a client library would not send;
 //! - [`ws`]: a real WebSocket client (tokio-tungstenite);
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
+//! - [`history`]: what a completed run's events must be, for any workflow;
 //! - [`wait`]: polling a condition with a deadline.
 //!
 //! [`start`] is the usual first line of a test: a private Redis and a ready
@@ -25,6 +26,7 @@
 // Private: re-exported below. A public `redis` would shadow the `redis`
 // crate in every `use crate::support::*`.
 mod daemon;
+mod history;
 mod http;
 mod metrics;
 mod redis;
@@ -35,6 +37,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::daemon::*;
+pub use self::history::*;
 pub use self::http::*;
 pub use self::metrics::*;
 pub use self::redis::*;
