@@ -138,6 +138,10 @@ pub struct RunsArgs {
     /// Register and run a generated fan-out: start → N × delay 0 → end.
     #[arg(long)]
     pub wide: Option<usize>,
+    /// With --wide: make every node a transform running this jq filter
+    /// (CPU work or large outputs, e.g. for a fair-share flood).
+    #[arg(long, requires = "wide")]
+    pub wide_filter: Option<String>,
     /// The runs' inputs (JSON object).
     #[arg(long, default_value = r#"{"city":"Paris"}"#)]
     pub inputs: String,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use flowcast_actors::egress::EgressPolicy;
 use flowcast_actors::runner::{RunnerConfig, DEFAULT_MAX_OUTPUT_BYTES};
+use flowcast_actors::store::leases::Holder;
 use flowcast_actors::store::runs::RunQuota;
 use flowcast_actors::{publisher, subscriber};
 use flowcast_web::{Limits, WsConfig};
@@ -85,7 +86,8 @@ pub struct ServeConfig {
     /// Shared HS256 secret that signs tokens (`--auth jwt`).
     #[arg(long, env = "FLOWCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Runner instance name (consumer name and lease holder); keep it stable across restarts.
+    /// Runner instance name, for people (consumer name; leases add a nonce
+    /// per process); keep it stable across restarts.
     #[arg(long, env = "FLOWCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// How long a drain waits for running work, in ms.
@@ -222,7 +224,8 @@ impl From<&ServeConfig> for WsConfig {
 impl From<&ServeConfig> for RunnerConfig {
     fn from(c: &ServeConfig) -> Self {
         Self {
-            instance_id: c.instance_id(),
+            // A fresh nonce: this process, as its leases name it.
+            holder: Holder::new(c.instance_id()),
             lease: Duration::from_millis(c.lease_ms.max(1000)),
             max_nodes: c.max_nodes,
             egress: c.http_allow.clone().unwrap_or_default(),

@@ -11,7 +11,8 @@
 //! - [`result`]: canonical JSON and `sha256:` result refs;
 //! - [`event`]: the event payloads (the seed's, plus flowcast's);
 //! - [`user`]: username validation;
-//! - [`egress`]: where `http` nodes may connect (`--http-allow`).
+//! - [`egress`]: where `http` nodes may connect (`--http-allow`);
+//! - [`fair`]: the fair share of node execution among users (round-robin permits).
 //!
 //! Redis:
 //! - [`store`]: the only code that speaks to Redis: key layout, Lua scripts,
@@ -24,10 +25,12 @@
 //!   killed at a node's deadline;
 //! - [`jq::worker`]: such a process's loop (`flowcast jq-worker`).
 //!
-//! Actors (runner half):
+//! Actors (runner half; the Runner and the run actors share one thread, the
+//! Publisher has its own, so neither stalls the other or the fan-out):
 //! - [`runner::Runner`]: consumes run requests, initialises runs, resumes orphans;
 //! - [`run::RunActor`]: one per run; executes nodes ([`node`]) and drives the counter;
 //!   `http` nodes go through [`http_node::HttpClient`], which enforces [`egress`];
+//!   each attempt first takes a permit of its user's fair share ([`fair`]);
 //! - [`publisher::Publisher`]: the single writer of state and events.
 //!
 //! Actors (fan-out half):
@@ -41,6 +44,7 @@ pub mod counter;
 pub mod egress;
 pub mod error;
 pub mod event;
+pub mod fair;
 pub mod fanout;
 pub mod http_node;
 pub mod jq;

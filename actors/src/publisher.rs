@@ -2,7 +2,10 @@
 //!
 //! Run actors and the runner hand it [`Publish`] messages; it applies each
 //! [`Commit`] with the commit script (see `store::commit`) and answers once the
-//! change is in Redis. Whatever arrives while a write is in flight is sent as
+//! change is in Redis. Commits arrive sealed (serialised by their makers,
+//! see [`publish`]), so nothing a run produces, however large, is encoded
+//! on this actor's thread; it runs on a thread of its own, apart from the
+//! run actors and the fan-out. Whatever arrives while a write is in flight is sent as
 //! the next pipeline, so under load one round trip carries many commits, and
 //! idle it adds no delay. Order is kept: commits leave in the order they
 //! arrived, and a failed pipeline is retried whole, in order, with
@@ -18,7 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::store::commit::{self, Commit, Outcome};
+use crate::store::commit::{self, Commit, Outcome, Sealed};
 
 /// Events kept per user in the history stream, unless configured.
 pub const DEFAULT_HISTORY_MAX: u64 = 10_000;
@@ -31,8 +34,8 @@ const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
-    /// The change.
-    pub commit: Commit,
+    /// The change, serialised by its maker.
+    pub commit: Sealed,
     /// Where the outcome goes.
     pub done: oneshot::Sender<Outcome>,
 }
@@ -200,14 +203,18 @@ impl Handler<Flush> for Publisher {
     }
 }
 
-/// Queues a commit at once (so commits keep the order of the calls) and
-/// returns a future that resolves when it is durable; `None` if the
-/// Publisher is gone.
+/// Seals a commit on the caller's thread (the Publisher's thread only
+/// copies bytes), queues it at once (so commits keep the order of the
+/// calls) and returns a future that resolves when it is durable; `None` if
+/// the Publisher is gone.
 pub fn publish(
     publisher: &Addr<Publisher>,
     commit: Commit,
 ) -> impl std::future::Future<Output = Option<Outcome>> {
     let (done, rx) = oneshot::channel();
-    publisher.do_send(Publish { commit, done });
+    publisher.do_send(Publish {
+        commit: commit.seal(),
+        done,
+    });
     async move { rx.await.ok() }
 }

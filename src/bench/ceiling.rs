@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use flowcast_actors::counter::{NodeStatus, RunStatus};
 use flowcast_actors::event::{Event, EventBody};
 use flowcast_actors::publisher::MAX_BATCH;
-use flowcast_actors::store::commit::{self, Commit, Outcome};
+use flowcast_actors::store::commit::{self, Commit, Outcome, Sealed};
 use flowcast_actors::store::{self, NodeRecord};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -115,8 +115,8 @@ pub async fn measure(url: &str, secs: f64, history_max: u64) -> anyhow::Result<C
 
     let output = flowcast_actors::result::address(&Value::Null);
     let build = |from: u64| {
-        let batch: Vec<Commit> = (from..from + MAX_BATCH as u64)
-            .map(|k| completion(&bench, &user, k, &output))
+        let batch: Vec<Sealed> = (from..from + MAX_BATCH as u64)
+            .map(|k| completion(&bench, &user, k, &output).seal())
             .collect();
         commit::pipeline(&batch, history_max)
     };

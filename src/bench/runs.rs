@@ -41,15 +41,29 @@ const MAX_DURATION_S: f64 = 600.0;
 /// HTTP connections of the open-loop (rate) submitter.
 const RATE_WORKERS: usize = 32;
 
-/// The generated fan-out workflow: `start` → `width` × delay 0 → `end`.
-pub fn wide_workflow(width: usize) -> Value {
-    let mut nodes = vec![json!({"id": "start", "kind": "delay", "ms": 0})];
+/// The generated fan-out workflow: `start` → `width` × node → `end`, each
+/// node a `delay` of 0 or, with `filter`, a `transform` running it (CPU
+/// work, or large outputs, for the fair-share benchmark).
+pub fn wide_workflow(width: usize, filter: Option<&str>) -> Value {
+    let node = |id: &str, deps: &[String]| {
+        let mut n = match filter {
+            Some(f) => json!({"id": id, "kind": "transform", "filter": f}),
+            None => json!({"id": id, "kind": "delay", "ms": 0}),
+        };
+        if !deps.is_empty() {
+            n["depends_on"] = json!(deps);
+        }
+        n
+    };
     let mids: Vec<String> = (0..width).map(|i| format!("w{i}")).collect();
-    for id in &mids {
-        nodes.push(json!({"id": id, "kind": "delay", "ms": 0, "depends_on": ["start"]}));
-    }
-    nodes.push(json!({"id": "end", "kind": "delay", "ms": 0, "depends_on": mids}));
-    json!({"tag": format!("bench-wide-{width}"), "nodes": nodes})
+    let mut nodes = vec![node("start", &[])];
+    nodes.extend(mids.iter().map(|id| node(id, &["start".to_owned()])));
+    nodes.push(node("end", &mids));
+    let tag = match filter {
+        Some(_) => format!("bench-wide-{width}-transform"),
+        None => format!("bench-wide-{width}"),
+    };
+    json!({"tag": tag, "nodes": nodes})
 }
 
 /// The fields of an event the bench reads.
@@ -274,7 +288,7 @@ fn check(args: &RunsArgs) -> anyhow::Result<()> {
 /// its tag and node count.
 async fn workflow(args: &RunsArgs, users: &[String]) -> anyhow::Result<(String, Option<usize>)> {
     let body = match (&args.wide, &args.workflow, &args.tag) {
-        (Some(w), _, _) => wide_workflow(*w),
+        (Some(w), _, _) => wide_workflow(*w, args.wide_filter.as_deref()),
         (None, Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -555,12 +569,23 @@ mod tests {
 
     #[test]
     fn the_wide_workflow_is_start_fan_end() {
-        let w = wide_workflow(3);
+        let w = wide_workflow(3, None);
         assert_eq!(w["tag"], "bench-wide-3");
         let nodes = w["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 5);
+        assert_eq!(nodes[0]["kind"], "delay");
+        assert!(nodes[0].get("depends_on").is_none());
+        assert_eq!(nodes[2]["depends_on"], json!(["start"]));
         assert_eq!(nodes[4]["depends_on"], json!(["w0", "w1", "w2"]));
         let wf: flowcast_actors::workflow::Workflow = serde_json::from_value(w).unwrap();
+        assert!(wf.compile(10_000).is_ok());
+
+        let t = wide_workflow(2, Some("[range(10)] | add"));
+        assert_eq!(t["tag"], "bench-wide-2-transform");
+        let nodes = t["nodes"].as_array().unwrap();
+        assert!(nodes.iter().all(|n| n["kind"] == "transform"));
+        assert_eq!(nodes[3]["filter"], "[range(10)] | add");
+        let wf: flowcast_actors::workflow::Workflow = serde_json::from_value(t).unwrap();
         assert!(wf.compile(10_000).is_ok());
     }
 

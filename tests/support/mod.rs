@@ -14,6 +14,7 @@
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
 //! - [`cli`]: the command-line client (`flowcast run`, `tail`, ...) run as
 //!   a process, and a TCP proxy that cuts its connections;
+//! - [`history`]: what a completed run's events must be, for any workflow;
 //! - [`wait`]: polling a condition with a deadline.
 //!
 //! [`start`] is the usual first line of a test: a private Redis and a ready
@@ -28,6 +29,7 @@
 // crate in every `use crate::support::*`.
 mod cli;
 mod daemon;
+mod history;
 mod http;
 mod metrics;
 mod redis;
@@ -39,6 +41,7 @@ use std::time::Duration;
 
 pub use self::cli::*;
 pub use self::daemon::*;
+pub use self::history::*;
 pub use self::http::*;
 pub use self::metrics::*;
 pub use self::redis::*;

@@ -265,14 +265,17 @@ pub fn pubsub_clients(redis: &Redis) -> usize {
 
 /// Ids of the connections in PubSub mode.
 pub fn pubsub_client_ids(redis: &Redis) -> Vec<String> {
-    pubsub_lines(redis)
+    let mut ids: Vec<String> = pubsub_lines(redis)
         .iter()
         .filter_map(|l| {
             l.split(' ')
                 .find_map(|f| f.strip_prefix("id="))
                 .map(String::from)
         })
-        .collect()
+        .collect();
+    // CLIENT LIST's order is not the connections' age: compare as sets.
+    ids.sort();
+    ids
 }
 
 // ---------------------------------------------------------------------------

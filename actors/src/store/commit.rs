@@ -4,11 +4,23 @@
 //! A [`Commit`] writes node states, counter and status to the run's hash,
 //! stores outputs under their content address, appends events to the user's
 //! capped history stream and the run's event list, and only then PUBLISHes
-//! them, with the history entry id spliced in as `event_id`. A commit carries
-//! the run's last event `seq`; the script ignores a commit whose seq is not
-//! past the stored one, which makes retries after a lost reply, and duplicate
-//! completions, change nothing. The Publisher sends commits in pipelines built
-//! by [`pipeline`] and decodes each reply with [`Outcome`].
+//! them, with the history entry id spliced in as `event_id`.
+//!
+//! Each commit names its writer (the lease holder, `instance#nonce`, see
+//! `leases`) and carries the run's last event `seq`. The script applies a
+//! commit only if its writer holds the lease and its events follow the
+//! stored seq. It answers "duplicate" only for the very same commit applied
+//! before: the run hash records the writer of the latest unbroken streak of
+//! commits and the seq that streak started from, so a commit is a duplicate
+//! when its writer made that streak and its seq lies within it (a retry after
+//! a lost reply). Another process's commit with an already stored seq is
+//! never taken for a duplicate; it is "behind" (or "not_owner").
+//!
+//! A commit is [sealed](Commit::seal) (serialised) by whoever made it, off
+//! the Publisher's thread; outputs travel as separate script arguments, so
+//! neither Rust nor Lua ever escapes or decodes a large output as JSON. The
+//! Publisher sends sealed commits in pipelines built by [`pipeline`] and
+//! decodes each reply with [`Outcome`].
 
 use std::sync::LazyLock;
 
@@ -35,7 +47,8 @@ pub struct Commit {
     /// Apply only if the run's status is this one (run initialisation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect_status: Option<&'static str>,
-    /// Apply only if no other runner holds the run's lease.
+    /// The writer, `instance#nonce`: apply only if no other runner process
+    /// holds the run's lease.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Renew the owner's lease for this long.
@@ -43,7 +56,9 @@ pub struct Commit {
     pub lease_ms: Option<u64>,
     /// Field/value pairs for the run's hash, flattened.
     pub hset: Vec<String>,
-    /// Result ref/canonical JSON pairs, flattened.
+    /// Result ref/canonical JSON pairs, flattened (sent as script
+    /// arguments of their own, not in the JSON).
+    #[serde(skip)]
     pub results: Vec<String>,
     /// Event JSON texts, in seq order.
     pub events: Vec<String>,
@@ -53,10 +68,6 @@ pub struct Commit {
     /// A run-request stream entry to acknowledge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ack: Option<String>,
-    /// Set by the Publisher when it sends the commit again after a failed
-    /// write: a seq already stored then means "landed before", not "behind".
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub retry: bool,
 }
 
 impl Commit {
@@ -74,7 +85,6 @@ impl Commit {
             events: Vec::new(),
             active: 0,
             ack: None,
-            retry: false,
         }
     }
 
@@ -109,27 +119,55 @@ impl Commit {
         self.results.push(canonical_json);
     }
 
-    /// Adds this commit's script call to a pipeline.
-    fn add_to(&self, pipe: &mut redis::Pipeline, history_max: u64) {
-        let keys = [
-            keys::run(&self.run_id),
-            keys::run_events(&self.run_id),
-            keys::history(&self.user),
-            keys::user_results(&self.user),
-            keys::ACTIVE.to_owned(),
-            keys::REQUESTS.to_owned(),
-            keys::owner(&self.run_id),
-            keys::user_active(&self.user),
-        ];
-        let args = [
-            keys::channel(&self.user),
+    /// Serialises the commit for the Publisher: done by the commit's maker,
+    /// so that the Publisher's thread only copies bytes.
+    pub fn seal(self) -> Sealed {
+        Sealed {
+            keys: [
+                keys::run(&self.run_id),
+                keys::run_events(&self.run_id),
+                keys::history(&self.user),
+                keys::user_results(&self.user),
+                keys::ACTIVE.to_owned(),
+                keys::REQUESTS.to_owned(),
+                keys::owner(&self.run_id),
+                keys::user_active(&self.user),
+            ],
+            channel: keys::channel(&self.user),
             // Commit is plain data; serialising it cannot fail.
-            serde_json::to_string(self).unwrap_or_default(),
-            history_max.to_string(),
-            keys::RESULT_PREFIX.to_owned(),
-            keys::GROUP.to_owned(),
-        ];
-        COMMIT.add_to(pipe, &keys, &args);
+            json: serde_json::to_string(&self).unwrap_or_default(),
+            results: self.results,
+            retry: false,
+        }
+    }
+}
+
+/// A [`Commit`] ready to send: its keys and its script arguments.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    keys: [String; 8],
+    channel: String,
+    json: String,
+    results: Vec<String>,
+    /// Set by the Publisher when it sends the commit again after a failed
+    /// write: an earlier seq of the same writer then means "landed before".
+    pub retry: bool,
+}
+
+impl Sealed {
+    /// Adds this commit's script call to a pipeline.
+    fn add_to(&self, pipe: &mut redis::Pipeline, history_max: &str) {
+        let mut args: Vec<&str> = Vec::with_capacity(6 + self.results.len());
+        args.extend([
+            self.channel.as_str(),
+            &self.json,
+            history_max,
+            keys::RESULT_PREFIX,
+            keys::GROUP,
+            if self.retry { "1" } else { "0" },
+        ]);
+        args.extend(self.results.iter().map(String::as_str));
+        COMMIT.add_to(pipe, &self.keys, &args);
     }
 }
 
@@ -138,17 +176,19 @@ impl Commit {
 pub enum Outcome {
     /// Applied; this many events were published.
     Applied(u32),
-    /// A retry of the run's last commit, already applied: nothing changed.
+    /// This very commit (same writer, a seq within its streak) was applied
+    /// before: nothing changed.
     Duplicate,
-    /// The commit's events do not follow the run's stored seq: the sender's
-    /// view is behind Redis and must be rebuilt.
+    /// The commit's events do not follow the run's stored seq (another
+    /// writer's commits are stored there): the sender's view is behind Redis
+    /// and must be rebuilt.
     Behind,
     /// The run's status was not the expected one (already initialised).
     StatusMismatch,
     /// Another runner holds the run's lease.
     NotOwner,
-    /// The run has already ended and this is not a retry of its last commit
-    /// (a stale runner's commit).
+    /// The run has already ended and this commit is not one that was
+    /// applied (a stale runner's commit).
     Ended,
 }
 
@@ -169,12 +209,13 @@ impl FromRedisValue for Outcome {
 
 /// One pipeline applying `commits` in order (one [`Outcome`] each, see [`send`]).
 pub fn pipeline<'a>(
-    commits: impl IntoIterator<Item = &'a Commit>,
+    commits: impl IntoIterator<Item = &'a Sealed>,
     history_max: u64,
 ) -> redis::Pipeline {
+    let history_max = history_max.to_string();
     let mut pipe = redis::pipe();
     for c in commits {
-        c.add_to(&mut pipe, history_max);
+        c.add_to(&mut pipe, &history_max);
     }
     pipe
 }

@@ -11,7 +11,7 @@
 //! | [`ACTIVE`] `flowcast:runs:active` | set | ids of unfinished runs |
 //! | [`run`] `flowcast:run:{id}` | hash | the run's fields ([`field`]) and `n:{node}` node records |
 //! | [`run_events`] `flowcast:run:{id}:events` | list | the run's events, in order |
-//! | [`owner`] `flowcast:run:{id}:owner` | string | the runner holding the run (lease, with expiry) |
+//! | [`owner`] `flowcast:run:{id}:owner` | string | the runner process holding the run, `instance#nonce` (lease, with expiry) |
 //! | [`user_runs`] `flowcast:user:{u}:runs` | sorted set | the user's run ids by creation time |
 //! | [`user_results`] `flowcast:user:{u}:results` | set | result refs the user may read |
 //! | [`user_active`] `flowcast:user:{u}:active` | set | the user's queued and running runs (the active-run quota) |
@@ -20,6 +20,9 @@
 //! | [`result`] `flowcast:result:{ref}` | string | a node output's canonical JSON |
 //! | [`channel`] `workflow:events:{u}` | channel | the seed's PubSub channel |
 //! | [`CONTROL`] `flowcast:control` | channel | run ids whose owner asked to cancel them |
+//!
+//! Each runner process also names one connection [`PRESENCE_PREFIX`]`{nonce}`
+//! (`CLIENT SETNAME`): while it is open, that process is alive (see `leases`).
 
 /// The shared catalogue of workflows (hash: tag → JSON): the operator's
 /// `--workflows-dir`, visible to every user, read-only through the API.
@@ -94,6 +97,10 @@ pub fn result(result_ref: &str) -> String {
     format!("{RESULT_PREFIX}{result_ref}")
 }
 
+/// Prefix of the name a runner process gives its presence connection
+/// (`CLIENT SETNAME`); the rest is the process's nonce.
+pub const PRESENCE_PREFIX: &str = "flowcast-runner:";
+
 /// Fields of a run's hash ([`run`]).
 pub mod field {
     /// Owner (username).
@@ -114,6 +121,17 @@ pub mod field {
     pub const INPUTS: &str = "inputs";
     /// Present once the owner asked to cancel the run.
     pub const CANCEL_REQUESTED: &str = "cancel_requested";
+    /// The lease holder (instance and process) whose commits made the run's
+    /// latest unbroken streak of commits.
+    pub const WRITER: &str = "writer";
+    /// The seq stored before [`WRITER`]'s streak began: its commits are the
+    /// seqs after it.
+    pub const WRITER_FROM: &str = "writer_from";
+    /// The seq at which the run was last resumed by a runner that took its lease over.
+    pub const RESUMED_AT_SEQ: &str = "resumed_at_seq";
+    /// Resumptions in a row at [`RESUMED_AT_SEQ`], i.e. without progress
+    /// (cleared when a draining runner releases the run).
+    pub const RESUMES: &str = "resumes";
     /// Prefix of node records: `n:{node_id}` → JSON.
     pub const NODE_PREFIX: &str = "n:";
 

@@ -13,7 +13,8 @@
 //!   user's index, event lists, outputs, cancel requests;
 //! - [`history`]: the per-user event history read by resuming sessions;
 //! - [`requests`]: the run-request stream and its consumer group;
-//! - [`leases`]: which runner drives which run;
+//! - [`leases`]: which runner process drives which run, its presence, and
+//!   the crash-loop count;
 //! - [`workflows`]: each user's own workflows and the shared catalogue.
 
 use std::time::Duration;
@@ -72,12 +73,27 @@ mod tests {
             include_str!("lua/commit.lua"),
             include_str!("lua/claim.lua"),
             include_str!("lua/enqueue.lua"),
+            include_str!("lua/release.lua"),
         ];
-        let known = [field::STATUS, field::SEQ];
+        let known = [
+            field::STATUS,
+            field::SEQ,
+            field::WRITER,
+            field::WRITER_FROM,
+            field::RESUMED_AT_SEQ,
+            field::RESUMES,
+        ];
         for src in lua {
-            for part in src.split("'HGET', KEYS[").skip(1) {
-                let f = part.split('\'').nth(1).unwrap_or("");
-                assert!(known.contains(&f), "script reads unknown field {f:?}");
+            for cmd in ["'HGET', KEYS[", "'HSET', KEYS[", "'HDEL', KEYS["] {
+                for part in src.split(cmd).skip(1) {
+                    // Every quoted field name up to the call's closing
+                    // parenthesis (HSET/HDEL name several; variables are
+                    // not quoted).
+                    let line = part.split(')').next().unwrap_or("");
+                    for f in line.split('\'').skip(1).step_by(2) {
+                        assert!(known.contains(&f), "script names unknown field {f:?}");
+                    }
+                }
             }
             for st in ["completed", "failed", "cancelled"] {
                 if src.contains(&format!("'{st}'")) {

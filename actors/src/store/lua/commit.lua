@@ -2,10 +2,13 @@
 -- KEYS: 1 run hash, 2 run events, 3 history, 4 user results, 5 active set,
 --       6 request stream, 7 owner lease, 8 user's active runs.
 -- ARGV: 1 channel, 2 commit JSON, 3 history max length, 4 result key prefix,
---       5 consumer group.
+--       5 consumer group, 6 '1' when sent again after a failed write,
+--       7.. result ref / canonical JSON pairs (outside the JSON, so that a
+--       large output is never decoded here).
 -- Returns {code, published}: code is 'applied', 'duplicate',
 -- 'status_mismatch', 'not_owner', 'ended' or 'behind'.
 local c = cjson.decode(ARGV[2])
+local retry = ARGV[6] == '1'
 local function ack()
   if c.ack then redis.call('XACK', KEYS[6], ARGV[5], c.ack) end
 end
@@ -21,13 +24,20 @@ if c.expect_status then
 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local st = redis.call('HGET', KEYS[1], 'status')
-if (st == 'completed' or st == 'failed' or st == 'cancelled') and c.seq ~= cur then
-  ack()
-  return {'ended', 0}
-end
-if c.seq == cur or (c.retry and c.seq < cur) then
+-- A duplicate is this very commit, applied before: its writer made the
+-- run's latest streak of commits and its seq lies within that streak (an
+-- earlier one only when the Publisher sends it again). Another process's
+-- commit with the same seq is not a duplicate: it is behind.
+local writer = redis.call('HGET', KEYS[1], 'writer')
+local me = c.owner or ''
+if c.seq <= cur and (c.seq == cur or retry) and writer == me
+    and c.seq > tonumber(redis.call('HGET', KEYS[1], 'writer_from') or '0') then
   ack()
   return {'duplicate', 0}
+end
+if st == 'completed' or st == 'failed' or st == 'cancelled' then
+  ack()
+  return {'ended', 0}
 end
 if c.seq - #c.events ~= cur then
   return {'behind', 0}
@@ -39,11 +49,13 @@ local h = c.hset
 for i = 1, #h, 512 do
   redis.call('HSET', KEYS[1], unpack(h, i, math.min(i + 511, #h)))
 end
+if writer ~= me then
+  redis.call('HSET', KEYS[1], 'writer', me, 'writer_from', cur)
+end
 redis.call('HSET', KEYS[1], 'seq', c.seq)
-local r = c.results
-for i = 1, #r, 2 do
-  redis.call('SET', ARGV[4] .. r[i], r[i + 1])
-  redis.call('SADD', KEYS[4], r[i])
+for i = 7, #ARGV, 2 do
+  redis.call('SET', ARGV[4] .. ARGV[i], ARGV[i + 1])
+  redis.call('SADD', KEYS[4], ARGV[i])
 end
 if c.active == 1 then redis.call('SADD', KEYS[5], c.run_id) end
 if c.active == -1 then
