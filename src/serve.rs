@@ -21,7 +21,7 @@ use flowcast_actors::metrics::Metrics;
 use flowcast_actors::publisher::Publisher;
 use flowcast_actors::registry;
 use flowcast_actors::runner::{Drain, Runner, RunnerConfig};
-use flowcast_actors::store::{self, requests, workflows};
+use flowcast_actors::store::{self, requests, workflows, Retention};
 use flowcast_actors::subscriber::{CloseAllSessions, Subscriber};
 use flowcast_web::auth::{Auth, JwtVerifier};
 use flowcast_web::{AppState, WsConfig};
@@ -117,8 +117,8 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         // Blocking reads get their own connection, with room for the BLOCK time.
         let reader = store::connect(&client, Some(Duration::from_secs(10))).await?;
         let publisher = {
-            let (conn, m, max) = (redis.clone(), metrics.clone(), cfg.history_max);
-            Supervisor::start(move |_| Publisher::new(conn, max, m))
+            let (conn, m, keep) = (redis.clone(), metrics.clone(), Retention::from(&cfg));
+            Supervisor::start(move |_| Publisher::new(conn, keep, m))
         };
         let rcfg = RunnerConfig::from(&cfg);
         log::info!("runner instance {}", rcfg.instance_id);

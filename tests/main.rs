@@ -10,5 +10,6 @@ mod errors;
 mod fanout;
 mod recovery;
 mod replay;
+mod retention;
 mod runs;
 mod seed;

@@ -11,7 +11,8 @@
 //! - [`commit`]: the atomic commit of a run's state change and its events;
 //! - [`runs`]: run records, the user's index, event lists, outputs, cancel requests;
 //! - [`history`]: the per-user event history read by resuming sessions;
-//! - [`requests`]: the run-request stream and its consumer group;
+//! - [`requests`]: the run-request stream and its consumer group (an
+//!   acknowledged request is deleted);
 //! - [`leases`]: which runner drives which run;
 //! - [`workflows`]: registered workflows.
 
@@ -28,7 +29,7 @@ pub mod runs;
 pub mod script;
 pub mod workflows;
 
-pub use commit::{Commit, Outcome};
+pub use commit::{Commit, Outcome, Retention};
 pub use runs::{NodeRecord, RunRecord};
 
 /// How long connecting to Redis may take, for every connection the process
@@ -71,7 +72,7 @@ mod tests {
             include_str!("lua/commit.lua"),
             include_str!("lua/claim.lua"),
         ];
-        let known = [field::STATUS, field::SEQ];
+        let known = [field::STATUS, field::SEQ, field::CREATED_MS];
         for src in lua {
             for part in src.split("'HGET', KEYS[").skip(1) {
                 let f = part.split('\'').nth(1).unwrap_or("");
