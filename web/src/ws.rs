@@ -18,13 +18,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use flowcast_actors::event::EventBody;
 use flowcast_actors::fanout::{Filter, SessionHandle};
-use flowcast_actors::replay::{self, ReplayCursor};
 use flowcast_actors::store::history::StreamId;
 use flowcast_actors::subscriber::{Join, JoinError};
 use flowcast_actors::user::validate_username;
 
 use crate::auth::{ws_user, Auth};
 use crate::error::ApiError;
+use crate::resume::{open_replay, parse_last_event_id};
 use crate::session::{StartReplay, WsSession};
 use crate::state::AppState;
 
@@ -37,35 +37,6 @@ pub struct WsQuery {
     pub filter: Filter,
     /// Replay after this history id.
     pub last_event_id: Option<StreamId>,
-}
-
-/// Parses a client's `last_event_id` (a 400 naming it when malformed).
-pub fn parse_last_event_id(raw: &str) -> Result<StreamId, ApiError> {
-    replay::parse_last_event_id(raw).map_err(|m| ApiError::bad_request("invalid_last_event_id", m))
-}
-
-/// Checks `after` against the user's history and prepares the paged replay
-/// after it: a 400 for an id later than any event this server can have
-/// sent, a 503 when Redis is unreachable. For every transport (WebSocket,
-/// SSE), before anything is sent.
-pub async fn open_replay(
-    st: &AppState,
-    user: &str,
-    after: StreamId,
-    filter: Filter,
-) -> Result<ReplayCursor, ApiError> {
-    let limits = replay::ReplayLimits {
-        hold_max: st.ws.max_queue_msgs,
-        retention: st.ws.retention,
-    };
-    replay::open(&mut st.redis.clone(), user, after, filter, limits)
-        .await
-        .map_err(|e| match e {
-            flowcast_actors::Error::InvalidInput(m) => {
-                ApiError::bad_request("invalid_last_event_id", m)
-            }
-            other => other.into(),
-        })
 }
 
 /// Parses and checks a `/ws` query string. In `jwt` mode the user is the
