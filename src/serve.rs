@@ -22,7 +22,7 @@ use flowcast_actors::publisher::Publisher;
 use flowcast_actors::registry;
 use flowcast_actors::runner::{Drain, Runner, RunnerConfig};
 use flowcast_actors::store::leases::Presence;
-use flowcast_actors::store::{self, requests, workflows};
+use flowcast_actors::store::{self, requests, workflows, Retention};
 use flowcast_actors::subscriber::{CloseAllSessions, Subscriber};
 use flowcast_web::auth::{Auth, JwtVerifier};
 use flowcast_web::{AppState, WsConfig};
@@ -128,9 +128,9 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         let reader = store::connect(&client, Some(Duration::from_secs(10))).await?;
         let publisher_thread = Arbiter::new();
         let publisher = {
-            let (conn, m, max) = (redis.clone(), metrics.clone(), cfg.history_max);
+            let (conn, m, keep) = (redis.clone(), metrics.clone(), Retention::from(&cfg));
             Supervisor::start_in_arbiter(&publisher_thread.handle(), move |_| {
-                Publisher::new(conn, max, m)
+                Publisher::new(conn, keep, m)
             })
         };
         let mut rcfg = RunnerConfig::from(&cfg);

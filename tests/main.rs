@@ -12,6 +12,7 @@ mod fanout;
 mod limits;
 mod recovery;
 mod replay;
+mod retention;
 mod runner;
 mod runs;
 mod sandbox;

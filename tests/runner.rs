@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use flowcast_actors::store::commit::{self, Commit, Outcome};
+use flowcast_actors::store::commit::{self, Commit, Outcome, Retention};
 use flowcast_actors::store::keys;
 use flowcast_actors::store::leases::{self, Claim, Holder};
 use futures_util::future::join_all;
@@ -424,7 +424,7 @@ fn commit_by(writer: &Holder, id: &str, seq: u64, ends: bool) -> Commit {
 async fn apply(conn: &mut redis::aio::MultiplexedConnection, c: &Commit, retry: bool) -> Outcome {
     let mut sealed = c.clone().seal();
     sealed.retry = retry;
-    let pipe = commit::pipeline([&sealed], 100);
+    let pipe = commit::pipeline([&sealed], &Retention::default());
     commit::send(conn, &pipe).await.unwrap()[0]
 }
 

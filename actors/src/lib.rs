@@ -35,7 +35,9 @@
 //!
 //! Actors (fan-out half):
 //! - [`subscriber::Subscriber`]: the process's one PubSub connection;
-//! - [`fanout::Fanout`]: one per user with live sessions; forwards frames to them.
+//! - [`fanout::Fanout`]: one per user with live sessions; forwards frames to them;
+//! - [`replay`]: the paged replay of a user's history to a resuming client,
+//!   shared by the transports (WebSocket, SSE).
 //!
 //! [`metrics`] holds the Prometheus metrics every actor updates.
 
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod node;
 pub mod publisher;
 pub mod registry;
+pub mod replay;
 pub mod result;
 pub mod run;
 pub mod runner;

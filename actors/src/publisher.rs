@@ -21,10 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::store::commit::{self, Commit, Outcome, Sealed};
-
-/// Events kept per user in the history stream, unless configured.
-pub const DEFAULT_HISTORY_MAX: u64 = 10_000;
+use crate::store::commit::{self, Commit, Outcome, Retention, Sealed};
 /// Most commits in one pipeline.
 pub const MAX_BATCH: usize = 512;
 /// Retry delays after a failed write.
@@ -56,7 +53,7 @@ enum Item {
 /// The Publisher actor.
 pub struct Publisher {
     conn: ConnectionManager,
-    history_max: u64,
+    retention: Retention,
     queue: VecDeque<Item>,
     writing: bool,
     /// A failed write is waiting for its retry: send nothing before it.
@@ -66,12 +63,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A Publisher writing through `conn`, capping each user's history at
-    /// `history_max` entries.
-    pub fn new(conn: ConnectionManager, history_max: u64, metrics: Metrics) -> Self {
+    /// A Publisher writing through `conn`; what commits leave behind is
+    /// kept as `retention` says (history cap, how long ended runs stay).
+    pub fn new(conn: ConnectionManager, retention: Retention, metrics: Metrics) -> Self {
         Self {
             conn,
-            history_max,
+            retention,
             queue: VecDeque::new(),
             writing: false,
             backing_off: false,
@@ -116,7 +113,7 @@ impl Publisher {
                 Item::Commit(p) => Some(&p.commit),
                 Item::Flush(_) => None,
             }),
-            self.history_max,
+            &self.retention,
         );
         self.writing = true;
         let mut conn = self.conn.clone();

@@ -6,7 +6,9 @@
 //!   memory per connection;
 //! - [`runs`]: runs submitted over REST and followed on WebSocket, runs/s,
 //!   node completions/s, latencies, and the Redis ceiling ([`ceiling`]) of
-//!   the writes one node completion needs, measured in the same invocation.
+//!   the writes one node completion needs, measured in the same invocation;
+//! - [`replay`]: many clients resuming from the start of a long history and
+//!   reading slowly, with the server's peak memory.
 //!
 //! Building blocks: [`stats`] (latency histogram), [`ledger`] (loss and
 //! duplicate accounting), [`stamp`] (the timestamped message), [`template`]
@@ -25,6 +27,7 @@ mod fanout;
 mod ledger;
 mod procfs;
 mod publish;
+mod replay;
 mod report;
 mod runs;
 mod stamp;
@@ -47,6 +50,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         match cmd {
             BenchCommand::Fanout(a) => fanout::run(*a).await,
             BenchCommand::Runs(a) => runs::run(*a).await,
+            BenchCommand::Replay(a) => replay::run(*a).await,
         }
     })
 }

@@ -49,6 +49,8 @@ pub struct WsConfig {
     pub max_frame_bytes: usize,
     /// Kernel timeout for unacknowledged data (cuts peers that stopped reading).
     pub tcp_user_timeout: Duration,
+    /// `--retention`: how old the oldest event a replay can find may be.
+    pub retention: Duration,
 }
 
 impl Default for WsConfig {
@@ -59,6 +61,7 @@ impl Default for WsConfig {
             max_queue_msgs: 1024,
             max_frame_bytes: 64 * 1024,
             tcp_user_timeout: Duration::from_secs(60),
+            retention: flowcast_actors::store::Retention::DEFAULT_KEEP,
         }
     }
 }

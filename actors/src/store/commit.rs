@@ -21,8 +21,34 @@
 //! neither Rust nor Lua ever escapes or decodes a large output as JSON. The
 //! Publisher sends sealed commits in pipelines built by [`pipeline`] and
 //! decodes each reply with [`Outcome`].
+//!
+//! # Retention
+//!
+//! The commit that ends a run also schedules its disappearance
+//! ([`Retention::keep`], `--retention`): the run's hash and event list get
+//! that expiry, its index entry is recorded with it in the user's ended set
+//! (and pruned from the index by later ends and by listings), and the
+//! request that started it was deleted from the request stream when it was
+//! acknowledged. Every commit that appends events trims the history stream
+//! by count (MAXLEN) and by age (MINID), and renews its expiry.
+//!
+//! Outputs are content-addressed, so one output may belong to runs of
+//! several users, some live, some ended. Reference tracking is a count of
+//! *live* holders per output (`keys::result_holders`: user → live runs of
+//! that user that stored it; each run counts an output once, through its
+//! `keys::run_refs` set), rather than expiries that are only ever
+//! extended: an expiry cannot be set while a run that may live for weeks
+//! (an approval) still needs the output, and "only extend" cannot express
+//! "no expiry until it ends" and then "expire after it ends". With counts,
+//! an output is persistent while any count is positive; when the last live
+//! holder ends, the output expires `--retention` later, which is the
+//! latest end among all its holders plus the retention, so no retained run
+//! loses it early. The per-user grant (`keys::user_results`) follows the
+//! same rule per user: `inf` while one of the user's live runs holds the
+//! output, end + retention after that, pruned once past.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::{FromRedisValue, RedisResult};
@@ -131,11 +157,15 @@ impl Commit {
                 keys::ACTIVE.to_owned(),
                 keys::REQUESTS.to_owned(),
                 keys::owner(&self.run_id),
+                keys::run_refs(&self.run_id),
+                keys::user_runs(&self.user),
+                keys::user_ended(&self.user),
                 keys::user_active(&self.user),
             ],
             channel: keys::channel(&self.user),
             // Commit is plain data; serialising it cannot fail.
             json: serde_json::to_string(&self).unwrap_or_default(),
+            user: self.user,
             results: self.results,
             retry: false,
         }
@@ -145,9 +175,10 @@ impl Commit {
 /// A [`Commit`] ready to send: its keys and its script arguments.
 #[derive(Debug, Clone)]
 pub struct Sealed {
-    keys: [String; 8],
+    keys: [String; 11],
     channel: String,
     json: String,
+    user: String,
     results: Vec<String>,
     /// Set by the Publisher when it sends the commit again after a failed
     /// write: an earlier seq of the same writer then means "landed before".
@@ -156,18 +187,53 @@ pub struct Sealed {
 
 impl Sealed {
     /// Adds this commit's script call to a pipeline.
-    fn add_to(&self, pipe: &mut redis::Pipeline, history_max: &str) {
-        let mut args: Vec<&str> = Vec::with_capacity(6 + self.results.len());
+    fn add_to(&self, pipe: &mut redis::Pipeline, history_max: &str, keep_ms: &str) {
+        let mut args: Vec<&str> = Vec::with_capacity(10 + self.results.len());
         args.extend([
             self.channel.as_str(),
             &self.json,
             history_max,
             keys::RESULT_PREFIX,
             keys::GROUP,
+            keep_ms,
+            keys::HOLDERS_SUFFIX,
+            &self.user,
+            keys::HISTORY_FIELD,
             if self.retry { "1" } else { "0" },
         ]);
         args.extend(self.results.iter().map(String::as_str));
         COMMIT.add_to(pipe, &self.keys, &args);
+    }
+}
+
+/// How long what is no longer needed is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// How long a run is kept after it ends, and the oldest event kept in a
+    /// user's history (`--retention`).
+    pub keep: Duration,
+    /// Most events kept per user in the history (`--history-max`).
+    pub history_max: u64,
+}
+
+impl Retention {
+    /// Default of [`Retention::keep`]: a week.
+    pub const DEFAULT_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Default of [`Retention::history_max`].
+    pub const DEFAULT_HISTORY_MAX: u64 = 10_000;
+
+    /// [`Retention::keep`] in ms, at least 1 (Redis refuses a zero expiry).
+    pub fn keep_ms(&self) -> u64 {
+        (self.keep.as_millis() as u64).max(1)
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep: Self::DEFAULT_KEEP,
+            history_max: Self::DEFAULT_HISTORY_MAX,
+        }
     }
 }
 
@@ -210,12 +276,13 @@ impl FromRedisValue for Outcome {
 /// One pipeline applying `commits` in order (one [`Outcome`] each, see [`send`]).
 pub fn pipeline<'a>(
     commits: impl IntoIterator<Item = &'a Sealed>,
-    history_max: u64,
+    retention: &Retention,
 ) -> redis::Pipeline {
-    let history_max = history_max.to_string();
+    let history_max = retention.history_max.max(1).to_string();
+    let keep_ms = retention.keep_ms().to_string();
     let mut pipe = redis::pipe();
     for c in commits {
-        c.add_to(&mut pipe, &history_max);
+        c.add_to(&mut pipe, &history_max, &keep_ms);
     }
     pipe
 }

@@ -12,7 +12,8 @@
 //! - [`runs`]: run records and their admission under the user's quotas, the
 //!   user's index, event lists, outputs, cancel requests;
 //! - [`history`]: the per-user event history read by resuming sessions;
-//! - [`requests`]: the run-request stream and its consumer group;
+//! - [`requests`]: the run-request stream and its consumer group (an
+//!   acknowledged request is deleted);
 //! - [`leases`]: which runner process drives which run, its presence, and
 //!   the crash-loop count;
 //! - [`workflows`]: each user's own workflows and the shared catalogue.
@@ -30,7 +31,7 @@ pub mod runs;
 pub mod script;
 pub mod workflows;
 
-pub use commit::{Commit, Outcome};
+pub use commit::{Commit, Outcome, Retention};
 pub use runs::{NodeRecord, RunRecord};
 
 /// How long connecting to Redis may take, for every connection the process
@@ -69,11 +70,12 @@ mod tests {
     /// `keys::field` and `RunStatus`: they must agree.
     #[test]
     fn lua_scripts_use_the_fields_and_statuses_rust_names() {
+        // Each script with the KEYS index of the run hash in it.
         let lua = [
-            include_str!("lua/commit.lua"),
-            include_str!("lua/claim.lua"),
-            include_str!("lua/enqueue.lua"),
-            include_str!("lua/release.lua"),
+            (include_str!("lua/commit.lua"), "1]"),
+            (include_str!("lua/claim.lua"), "2]"),
+            (include_str!("lua/enqueue.lua"), "1]"),
+            (include_str!("lua/release.lua"), "i + 1]"),
         ];
         let known = [
             field::STATUS,
@@ -82,10 +84,11 @@ mod tests {
             field::WRITER_FROM,
             field::RESUMED_AT_SEQ,
             field::RESUMES,
+            field::CREATED_MS,
         ];
-        for src in lua {
+        for (src, run_hash) in lua {
             for cmd in ["'HGET', KEYS[", "'HSET', KEYS[", "'HDEL', KEYS["] {
-                for part in src.split(cmd).skip(1) {
+                for part in src.split(cmd).skip(1).filter(|p| p.starts_with(run_hash)) {
                     // Every quoted field name up to the call's closing
                     // parenthesis (HSET/HDEL name several; variables are
                     // not quoted).

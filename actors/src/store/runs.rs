@@ -5,7 +5,17 @@
 //! index, active set and request-stream entry, in one Lua script) and
 //! changed afterwards only by commits (see `commit`), except for the cancel
 //! request, which any API instance may record. The commit that ends a run
-//! takes it out of its user's active set.
+//! takes it out of its user's active set and gives it its expiry
+//! (`--retention`); from then on a run, its events and its outputs may be
+//! gone at any read, and a run that is gone is simply absent ([`load`]
+//! answers `None`, [`list`] skips it and prunes it from the index).
+//!
+//! The index is a sorted set whose members are `keys::index_member`
+//! (creation time, then run id), all scored 0, so that [`list`] pages with
+//! an exclusive lexicographic bound: the cursor is the last member of the
+//! previous page, and a page boundary neither skips nor repeats a run,
+//! whatever was created or expired meanwhile and however many runs share
+//! a millisecond.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -192,6 +202,8 @@ pub enum Admission {
 /// `queued`), the user's index and active set, and the request stream entry,
 /// in one Lua script (`lua/enqueue.lua`) that checks the quota first, so a
 /// refused run writes nothing and every API instance enforces one limit.
+/// The user's keys lose any expiry (set when their last run ended): they
+/// hold a live run again.
 pub async fn enqueue<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     run_id: &str,
@@ -208,13 +220,15 @@ pub async fn enqueue<C: ConnectionLike + Send + Sync>(
         keys::REQUESTS.to_owned(),
         keys::user_active(user),
         keys::user_rate(user),
+        keys::user_ended(user),
+        keys::user_results(user),
     ];
     let mut args = vec![
         quota.max_active.to_string(),
         quota.per_sec.max(1).to_string(),
         quota.burst().max(1).to_string(),
         run_id.to_owned(),
-        created_ms.to_string(),
+        keys::index_member(created_ms, run_id),
         keys::REQUEST_RUN_ID.to_owned(),
     ];
     for (f, v) in [
@@ -305,54 +319,115 @@ pub async fn outputs<C: ConnectionLike + Send + Sync>(
     Ok(redis::cmd("MGET").arg(keys).query_async(conn).await?)
 }
 
-/// A stored output, if `user` may read it.
+/// A stored output, if `user` may read it: one of their runs stored it, and
+/// that run is live or within its retention.
 pub async fn result_for<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     user: &str,
     result_ref: &str,
 ) -> Result<Option<String>> {
-    let (mine, blob): (bool, Option<String>) = redis::pipe()
-        .sismember(keys::user_results(user), result_ref)
+    let (expiry, blob): (Option<f64>, Option<String>) = redis::pipe()
+        .zscore(keys::user_results(user), result_ref)
         .get(keys::result(result_ref))
         .query_async(conn)
         .await?;
-    Ok(blob.filter(|_| mine))
+    // Grants expire by Redis's clock and are pruned soon after; this
+    // process's clock only has to tell a past grant from a current one.
+    let now = crate::event::now_ms() as f64;
+    Ok(blob.filter(|_| expiry.is_some_and(|e| e > now)))
 }
 
-/// The user's latest runs, newest first, at most `limit`.
+/// One page of a user's runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunPage {
+    /// Runs, newest first.
+    pub runs: Vec<RunSummary>,
+    /// Where the next page starts (`None`: this is the last page).
+    pub next_cursor: Option<String>,
+}
+
+/// True when `cursor` can be a cursor of [`list`] (a `keys::index_member`).
+pub fn is_valid_cursor(cursor: &str) -> bool {
+    keys::index_run_id(cursor).is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+}
+
+/// The user's runs, newest first: at most `limit` after `cursor` (from the
+/// newest when `None`; see [`is_valid_cursor`]). Runs that expired are
+/// skipped and pruned from the index.
 pub async fn list<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     user: &str,
     limit: usize,
-) -> Result<Vec<RunSummary>> {
-    let ids: Vec<String> = conn
-        .zrevrange(keys::user_runs(user), 0, limit as isize - 1)
-        .await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for id in &ids {
-        pipe.hmget(
-            keys::run(id),
-            &[field::TAG, field::STATUS, field::COUNTER, field::CREATED_MS],
-        );
-    }
+    cursor: Option<&str>,
+) -> Result<RunPage> {
     type Row = (Option<String>, Option<String>, Option<u32>, Option<u64>);
-    let rows: Vec<Row> = pipe.query_async(conn).await?;
-    Ok(ids
-        .into_iter()
-        .zip(rows)
-        .filter_map(|(run_id, (tag, status, counter, created_ms))| {
-            Some(RunSummary {
-                run_id,
-                tag: tag?,
-                status: status?,
-                counter,
-                created_ms,
-            })
-        })
-        .collect())
+    let limit = limit.max(1);
+    let index = keys::user_runs(user);
+    let mut bound = cursor.map_or_else(|| "+".to_owned(), |c| format!("({c}"));
+    // (member, run) for up to limit + 1 runs: one more says there is a next page.
+    let mut found: Vec<(String, RunSummary)> = Vec::new();
+    let mut gone: Vec<String> = Vec::new();
+    loop {
+        let want = limit + 1 - found.len();
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(&bound)
+            .arg("-")
+            .arg("BYLEX")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(want)
+            .query_async(conn)
+            .await?;
+        let Some(last) = members.last() else {
+            break;
+        };
+        bound = format!("({last}");
+        let mut pipe = redis::pipe();
+        for m in &members {
+            pipe.hmget(
+                keys::run(keys::index_run_id(m).unwrap_or_default()),
+                &[field::TAG, field::STATUS, field::COUNTER, field::CREATED_MS],
+            );
+        }
+        let rows: Vec<Row> = pipe.query_async(conn).await?;
+        let fetched = members.len();
+        for (m, (tag, status, counter, created_ms)) in members.into_iter().zip(rows) {
+            match (keys::index_run_id(&m), tag, status) {
+                (Some(run_id), Some(tag), Some(status)) => {
+                    let run = RunSummary {
+                        run_id: run_id.to_owned(),
+                        tag,
+                        status,
+                        counter,
+                        created_ms,
+                    };
+                    found.push((m, run));
+                }
+                _ => gone.push(m),
+            }
+        }
+        if found.len() > limit || fetched < want {
+            break;
+        }
+    }
+    if !gone.is_empty() {
+        redis::pipe()
+            .zrem(&index, &gone)
+            .ignore()
+            .zrem(keys::user_ended(user), &gone)
+            .ignore()
+            .query_async::<()>(conn)
+            .await?;
+    }
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let next_cursor = more.then(|| found.last().map(|(m, _)| m.clone())).flatten();
+    Ok(RunPage {
+        runs: found.into_iter().map(|(_, r)| r).collect(),
+        next_cursor,
+    })
 }
 
 /// A run's events, in order, as stored JSON texts.
