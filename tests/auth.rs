@@ -9,9 +9,10 @@ use serde_json::json;
 
 use crate::support::*;
 
-const SECRET: &str = "a-test-secret-of-32-bytes-length";
+pub const SECRET: &str = "a-test-secret-of-32-bytes-length";
 
-fn token(sub: &str, secret: &str, exp_in_s: i64) -> String {
+/// An HS256 token for `sub`, expiring in `exp_in_s` seconds.
+pub fn token(sub: &str, secret: &str, exp_in_s: i64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

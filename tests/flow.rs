@@ -38,15 +38,10 @@ fn seq_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Registers a workflow as `admin`; returns the answer (no status check).
-async fn put_workflow(d: &Daemon, wf: &Value) -> Resp {
+/// Registers a workflow for `user`; returns the answer (no status check).
+async fn put_workflow(d: &Daemon, user: &str, wf: &Value) -> Resp {
     let tag = wf["tag"].as_str().unwrap();
-    put(
-        &format!("{}/api/v1/workflows/{tag}", d.api),
-        Some("admin"),
-        wf,
-    )
-    .await
+    put(&format!("{}/api/v1/workflows/{tag}", d.api), Some(user), wf).await
 }
 
 /// The output stored under a result ref.
@@ -206,6 +201,7 @@ async fn skips_cascade_and_a_run_whose_remaining_nodes_are_all_skipped_completes
     let (_redis, d) = start(&[]).await;
     register(
         &d,
+        "gater",
         &json!({"tag": "gated", "nodes": [
             {"id": "gate", "kind": "transform", "when": ".inputs.go", "filter": "1"},
             {"id": "after", "kind": "transform", "depends_on": ["gate"], "filter": "2"},
@@ -242,6 +238,7 @@ async fn skips_cascade_and_a_run_whose_remaining_nodes_are_all_skipped_completes
     // Skipped mid-run: the completion that skips the rest ends the run.
     register(
         &d,
+        "gater",
         &json!({"tag": "tail", "nodes": [
             {"id": "a", "kind": "transform", "filter": "{n: 0}"},
             {"id": "b", "kind": "transform", "depends_on": ["a"], "when": ".nodes.a.n > 0", "filter": "1"},
@@ -275,7 +272,7 @@ async fn bad_control_flow_is_a_422_naming_the_node() {
             base(
                 json!({"id": "b", "kind": "delay", "ms": 0, "depends_on": ["a"], "when": ".x | ]"}),
             ),
-            "node \"b\": invalid jq filter in \"when\"",
+            "node \"b\": when: invalid jq filter",
         ),
         (
             base(
@@ -291,7 +288,7 @@ async fn bad_control_flow_is_a_422_naming_the_node() {
             base(
                 json!({"id": "b", "kind": "delay", "ms": 0, "foreach": "[1,2", "depends_on": ["a"]}),
             ),
-            "node \"b\": invalid jq filter in \"foreach\"",
+            "node \"b\": foreach: invalid jq filter",
         ),
         (
             base(
@@ -311,11 +308,11 @@ async fn bad_control_flow_is_a_422_naming_the_node() {
             base(
                 json!({"id": "b", "kind": "workflow", "tag": "flight-search", "inputs": "{city:"}),
             ),
-            "node \"b\": invalid jq filter in \"inputs\"",
+            "node \"b\": inputs: invalid jq filter",
         ),
     ];
     for (wf, want) in cases {
-        let r = put_workflow(&d, &wf).await;
+        let r = put_workflow(&d, "admin", &wf).await;
         assert_eq!(r.status, 422, "{wf}: {}", r.text);
         assert_eq!(r.body["error"]["code"], "invalid_workflow");
         let msg = r.body["error"]["message"].as_str().unwrap();
@@ -325,11 +322,11 @@ async fn bad_control_flow_is_a_422_naming_the_node() {
     // is made to run up.
     let up = json!({"tag": "up", "nodes": [{"id": "call", "kind": "workflow", "tag": "down"}]});
     let down = json!({"tag": "down", "nodes": [{"id": "leaf", "kind": "delay", "ms": 0}]});
-    assert_eq!(put_workflow(&d, &down).await.status, 201);
-    assert_eq!(put_workflow(&d, &up).await.status, 201);
+    assert_eq!(put_workflow(&d, "admin", &down).await.status, 201);
+    assert_eq!(put_workflow(&d, "admin", &up).await.status, 201);
     let loop_back =
         json!({"tag": "down", "nodes": [{"id": "back", "kind": "workflow", "tag": "up"}]});
-    let r = put_workflow(&d, &loop_back).await;
+    let r = put_workflow(&d, "admin", &loop_back).await;
     assert_eq!(r.status, 422, "{}", r.text);
     let msg = r.body["error"]["message"].as_str().unwrap();
     assert!(
@@ -337,7 +334,7 @@ async fn bad_control_flow_is_a_422_naming_the_node() {
         "{msg}"
     );
     // Nothing was stored: down still runs.
-    let (run, _) = run_to_end(&d, "u", "up", json!({})).await;
+    let (run, _) = run_to_end(&d, "admin", "up", json!({})).await;
     assert_eq!(run["status"], "completed");
     assert_no_panic(&d);
 }
@@ -347,6 +344,7 @@ async fn a_condition_that_fails_fails_its_node_without_retry() {
     let (_redis, d) = start(&[]).await;
     register(
         &d,
+        "w",
         &json!({"tag": "bad-when", "nodes": [
             {"id": "a", "kind": "transform", "filter": "1"},
             {"id": "b", "kind": "transform", "depends_on": ["a"], "when": "error(\"no verdict\")",
@@ -373,6 +371,7 @@ async fn a_condition_that_fails_fails_its_node_without_retry() {
     // At the start of a run too.
     register(
         &d,
+        "w",
         &json!({"tag": "bad-entry", "nodes": [
             {"id": "a", "kind": "transform", "when": ".inputs | keys | error", "filter": "1"}
         ]}),
@@ -401,6 +400,7 @@ async fn foreach_runs_every_item_reports_progress_and_outputs_in_item_order() {
     let mut sub = Sub::new(&redis, &keys::channel("looper")).await;
     register(
         &d,
+        "looper",
         &json!({"tag": "squares", "nodes": [
             {"id": "each", "kind": "transform", "foreach": "[range(.inputs.n)]", "concurrency": 3,
              "filter": "{i: .index, sq: (.item * .item), n: .inputs.n}"},
@@ -464,6 +464,7 @@ async fn foreach_on_bad_values_and_failing_items_fails_the_node() {
     let (_redis, d) = start(&["--max-foreach-items", "5"]).await;
     register(
         &d,
+        "e",
         &json!({"tag": "each", "nodes": [
             {"id": "each", "kind": "transform", "foreach": ".inputs.items",
              "filter": "if .item == \"bad\" then error(\"item refused\") else .item end",
@@ -563,6 +564,7 @@ async fn kill9_in_a_foreach_does_not_redo_finished_items() {
     let (redis, mut d) = start(&args).await;
     register(
         &d,
+        "k",
         &json!({"tag": "fetch-all", "nodes": [
             {"id": "fetch", "kind": "http", "foreach": "[range(.inputs.n)]", "concurrency": 1,
              "url_filter": "\"\\(.inputs.base)/item/\\(.index)\"", "timeout_ms": 120000}
@@ -664,6 +666,7 @@ async fn foreach_over_a_child_workflow_runs_one_child_per_item() {
     let (_redis, d) = start(&[]).await;
     register(
         &d,
+        "tourist",
         &json!({"tag": "tour", "nodes": [
             {"id": "legs", "kind": "workflow", "tag": "flight-search", "foreach": ".inputs.cities",
              "concurrency": 2, "inputs": "{city: .item}"}
@@ -701,6 +704,7 @@ async fn a_failing_child_fails_the_parent_node() {
     let (_redis, d) = start(&[]).await;
     register(
         &d,
+        "f",
         &json!({"tag": "breaks", "nodes": [
             {"id": "ok", "kind": "transform", "filter": "1"},
             {"id": "boom", "kind": "transform", "depends_on": ["ok"], "filter": "error(\"child broke\")"}
@@ -709,6 +713,7 @@ async fn a_failing_child_fails_the_parent_node() {
     .await;
     register(
         &d,
+        "f",
         &json!({"tag": "calls-breaks", "nodes": [
             {"id": "call", "kind": "workflow", "tag": "breaks", "inputs": "{}"}
         ]}),
@@ -717,6 +722,7 @@ async fn a_failing_child_fails_the_parent_node() {
     // Inputs that are not an object: the node fails, not retried.
     register(
         &d,
+        "f",
         &json!({"tag": "bad-inputs", "nodes": [
             {"id": "call", "kind": "workflow", "tag": "breaks", "inputs": "[1, 2]",
              "retry": {"max_attempts": 3, "backoff_ms": 1}}
@@ -755,11 +761,13 @@ async fn kill9_with_a_running_child_resumes_the_parent_with_the_same_child() {
     let mut sub = Sub::new(&redis, &keys::channel("crasher")).await;
     register(
         &d,
+        "crasher",
         &json!({"tag": "slow-leaf", "nodes": [{"id": "wait", "kind": "delay", "ms": 3000}]}),
     )
     .await;
     register(
         &d,
+        "crasher",
         &json!({"tag": "slow-root", "events": {"node_started": true}, "nodes": [
             {"id": "call", "kind": "workflow", "tag": "slow-leaf"}
         ]}),
@@ -803,11 +811,13 @@ async fn cancelling_a_parent_cancels_its_running_child() {
     let mut sub = Sub::new(&redis, &keys::channel("canceller")).await;
     register(
         &d,
+        "canceller",
         &json!({"tag": "long-child", "nodes": [{"id": "wait", "kind": "delay", "ms": 600000}]}),
     )
     .await;
     register(
         &d,
+        "canceller",
         &json!({"tag": "long-parent", "nodes": [
             {"id": "call", "kind": "workflow", "tag": "long-child"},
             {"id": "after", "kind": "delay", "ms": 0, "depends_on": ["call"]}
@@ -863,11 +873,11 @@ async fn a_missing_child_and_too_deep_a_nesting_fail_the_node_at_run_time() {
         {"id": "call", "kind": "workflow", "tag": "mid", "retry": {"max_attempts": 3, "backoff_ms": 1}}
     ]});
     for wf in [&leaf, &mid, &top] {
-        register(&d, wf).await;
+        register(&d, "deep-user", wf).await;
     }
     // Registration refuses what it can see: top -> mid -> leaf is 2 deep.
     let deep = json!({"tag": "deep", "nodes": [{"id": "call", "kind": "workflow", "tag": "top"}]});
-    let r = put_workflow(&d, &deep).await;
+    let r = put_workflow(&d, "deep-user", &deep).await;
     assert_eq!(r.status, 422, "{}", r.text);
     assert!(r.body["error"]["message"]
         .as_str()
@@ -876,6 +886,7 @@ async fn a_missing_child_and_too_deep_a_nesting_fail_the_node_at_run_time() {
     // mid now runs leaf: top's run nests 2 deep.
     register(
         &d,
+        "deep-user",
         &json!({"tag": "mid", "nodes": [{"id": "y", "kind": "workflow", "tag": "leaf"}]}),
     )
     .await;
@@ -890,7 +901,7 @@ async fn a_missing_child_and_too_deep_a_nesting_fail_the_node_at_run_time() {
     let r = request(
         "DELETE",
         &format!("{}/api/v1/workflows/mid", d.api),
-        Some("admin"),
+        Some("deep-user"),
         None,
     )
     .await;
@@ -935,6 +946,7 @@ async fn node_started_comes_before_every_attempt_in_workflows_that_ask() {
     ]);
     register(
         &d,
+        "s",
         &json!({"tag": "announced", "events": {"node_started": true}, "nodes": nodes}),
     )
     .await;
@@ -960,8 +972,256 @@ async fn node_started_comes_before_every_attempt_in_workflows_that_ask() {
     assert_eq!(ev[3]["attempt"], 2);
     assert_well_formed(&ev);
     // The same workflow without the option: no node_started.
-    register(&d, &json!({"tag": "quiet", "nodes": nodes})).await;
+    register(&d, "s", &json!({"tag": "quiet", "nodes": nodes})).await;
     let (_, ev) = run_to_end(&d, "s", "quiet", json!({})).await;
     assert!(ev.iter().all(|e| e["type"] != "node_started"), "{ev:#?}");
+    assert_no_panic(&d);
+}
+
+// ---------------------------------------------------------------------------
+// On main's ground: tenancy, quotas, the sandbox, size limits
+// ---------------------------------------------------------------------------
+
+/// A child's tag resolves as a run's does, for the parent run's user:
+/// their own workflow first, then the shared one; registration checks
+/// child tags the same way.
+#[actix_rt::test]
+async fn a_child_tag_resolves_to_the_users_own_workflow_first_then_the_shared_one() {
+    let (_redis, d) = start(&[]).await;
+    let outbound = |user: &'static str| {
+        let d = &d;
+        async move {
+            let (run, _) = run_to_end(d, user, "flight-trip", json!({"to": "Oslo"})).await;
+            assert_eq!(run["status"], "completed", "{run}");
+            output(d, user, &run["nodes"]["outbound"]["result_ref"]).await
+        }
+    };
+    // The shared flight-trip runs the shared flight-search...
+    assert_eq!(
+        outbound("owner").await,
+        json!({"format": "1 flights to Oslo"})
+    );
+    // ...until the user has their own flight-search, which shadows it in
+    // their runs' children only.
+    register(
+        &d,
+        "owner",
+        &json!({"tag": "flight-search", "nodes": [
+            {"id": "mine", "kind": "transform", "filter": "\"own flights to \\(.inputs.city)\""}
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        outbound("owner").await,
+        json!({"mine": "own flights to Oslo"})
+    );
+    assert_eq!(
+        outbound("other").await,
+        json!({"format": "1 flights to Oslo"})
+    );
+
+    // Registration resolves child tags for the registering user.
+    register(
+        &d,
+        "owner",
+        &json!({"tag": "private-child", "nodes": [{"id": "x", "kind": "delay", "ms": 0}]}),
+    )
+    .await;
+    let parent = json!({"tag": "calls-private", "nodes": [{"id": "call", "kind": "workflow", "tag": "private-child"}]});
+    assert_eq!(put_workflow(&d, "owner", &parent).await.status, 201);
+    let r = put_workflow(&d, "other", &parent).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(
+        r.body["error"]["message"],
+        "node \"call\": child workflow \"private-child\" does not exist"
+    );
+    // A user's copy that would make a shared workflow run itself again.
+    let looping = json!({"tag": "flight-search", "nodes": [
+        {"id": "again", "kind": "workflow", "tag": "flight-trip"}
+    ]});
+    let r = put_workflow(&d, "other", &looping).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("again: recursion is not allowed"), "{msg}");
+    assert_no_panic(&d);
+}
+
+/// A child run is one more active run of its user: it counts against
+/// `--max-active-runs-per-user` (not the rate), and a child the quota
+/// refuses writes nothing and fails its node with a message saying so.
+#[actix_rt::test]
+async fn child_runs_count_as_active_runs_and_one_over_the_quota_fails_its_node() {
+    let (redis, d) = start(&["--max-active-runs-per-user", "3"]).await;
+    let mut sub = Sub::new(&redis, &keys::channel("q")).await;
+    register(
+        &d,
+        "q",
+        &json!({"tag": "slow-leaf", "nodes": [{"id": "wait", "kind": "delay", "ms": 1500}]}),
+    )
+    .await;
+    register(
+        &d,
+        "q",
+        &json!({"tag": "slow-root", "nodes": [
+            {"id": "call", "kind": "workflow", "tag": "slow-leaf"}
+        ]}),
+    )
+    .await;
+    register(
+        &d,
+        "q",
+        &json!({"tag": "retrying-root", "nodes": [
+            {"id": "call", "kind": "workflow", "tag": "slow-leaf",
+             "retry": {"max_attempts": 2, "backoff_ms": 1}}
+        ]}),
+    )
+    .await;
+    // A parent and its child: two active runs.
+    let first = start_run(&d, "q", "slow-root", json!({})).await;
+    let child = child_started(&mut sub, &first).await;
+    let active = user_active_runs(&mut redis.conn(), "q");
+    assert_eq!(active.len(), 2, "{active:?}");
+    assert!(active.contains(&first) && active.contains(&child));
+    // A second parent takes the third slot: the API refuses a fourth run...
+    let second = start_run(&d, "q", "retrying-root", json!({})).await;
+    let r = post(
+        &format!("{}/api/v1/runs", d.api),
+        Some("q"),
+        &json!({"tag": "flight-search", "inputs": {}}),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "quota_exceeded");
+    // ...and the second parent's child finds the quota full: its node
+    // fails, retried per its policy, and the run fails.
+    let view = wait_run(&d, "q", &second, T).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    let ev = run_events(&d, "q", &second).await;
+    let failed: Vec<&Value> = ev.iter().filter(|e| e["type"] == "node_failed").collect();
+    assert_eq!(failed.len(), 2, "{ev:#?}");
+    assert_eq!(failed[0]["will_retry"], true);
+    assert_eq!(failed[1]["will_retry"], false);
+    assert_eq!(
+        failed[1]["error"],
+        "child workflow \"slow-leaf\" was not started: user \"q\" has 3 active (queued or running) runs, the limit per user (--max-active-runs-per-user); child runs count as active runs"
+    );
+    assert_well_formed(&ev);
+    // The first parent was never at risk.
+    assert_eq!(wait_run(&d, "q", &first, T).await["status"], "completed");
+    // Nothing of the refused children was written: two parents, one child.
+    let r = get(&format!("{}/api/v1/runs", d.api), Some("q")).await;
+    let runs = r.body["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{}", r.text);
+    let children: Vec<&Value> = runs
+        .iter()
+        .filter(|x| x["parent_run_id"].is_string())
+        .collect();
+    assert_eq!(children.len(), 1, "{}", r.text);
+    assert_eq!(children[0]["run_id"], child.as_str());
+    assert!(user_active_runs(&mut redis.conn(), "q").is_empty());
+    assert_clean(&mut redis.conn(), &[first, child, second]);
+    assert_no_panic(&d);
+}
+
+/// `when`, `foreach` and a child's `inputs` are jq filters like any other:
+/// refused at registration when they reach outside the filter, run in the
+/// sandboxed evaluators, stopped at the node's deadline.
+#[actix_rt::test]
+async fn control_flow_filters_are_sandboxed_and_stopped_at_their_deadline() {
+    let (_redis, d) = start(&[]).await;
+    let leaky = json!({"tag": "leaky", "nodes": [
+        {"id": "a", "kind": "delay", "ms": 0, "when": "env.HOME != null"}
+    ]});
+    let r = put_workflow(&d, "spinner", &leaky).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("node \"a\": when: invalid jq filter: `env` is not available"),
+        "{msg}"
+    );
+    let spin = "last(range(1e15))";
+    for (field, node) in [
+        (
+            "when",
+            json!({"id": "n", "kind": "delay", "ms": 0, "when": spin, "timeout_ms": 300}),
+        ),
+        (
+            "foreach",
+            json!({"id": "n", "kind": "delay", "ms": 0, "foreach": spin, "timeout_ms": 300}),
+        ),
+        (
+            "inputs",
+            json!({"id": "n", "kind": "workflow", "tag": "flight-search",
+                   "inputs": spin, "timeout_ms": 300}),
+        ),
+    ] {
+        let tag = format!("spin-{field}");
+        register(&d, "spinner", &json!({"tag": tag, "nodes": [node]})).await;
+        let (run, ev) = run_to_end(&d, "spinner", &tag, json!({})).await;
+        assert_eq!(run["status"], "failed", "{field}: {run}");
+        let failed = ev.iter().find(|e| e["type"] == "node_failed").unwrap();
+        assert_eq!(
+            failed["error"],
+            format!("{field}: timed out after 300 ms"),
+            "{ev:#?}"
+        );
+    }
+    // Another user's run goes on.
+    let (run, _) = run_to_end(&d, "test-user", "flight-search", json!({"city": "NYC"})).await;
+    assert_eq!(run["status"], "completed");
+    assert_no_panic(&d);
+}
+
+/// `--max-output-bytes` holds for a `foreach` node's array of item
+/// outputs and for a child's output, not only for single outputs.
+#[actix_rt::test]
+async fn foreach_arrays_and_child_outputs_are_held_to_max_output_bytes() {
+    let (_redis, d) = start(&["--max-output-bytes", "2000"]).await;
+    // 100 items of about 40 bytes: each fits, their array does not.
+    register(
+        &d,
+        "big",
+        &json!({"tag": "many", "nodes": [
+            {"id": "each", "kind": "transform", "foreach": "[range(100)]",
+             "filter": "\"item \\(.index) padded to about forty bytes\""}
+        ]}),
+    )
+    .await;
+    let (run, ev) = run_to_end(&d, "big", "many", json!({})).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let failed = ev.iter().find(|e| e["type"] == "node_failed").unwrap();
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("over the limit of 2000 bytes (--max-output-bytes)"),
+        "{error}"
+    );
+    assert_eq!(failed["will_retry"], false);
+    // Two sinks of 1,500 bytes each: each fits, the child's output does not.
+    register(
+        &d,
+        "big",
+        &json!({"tag": "two-sinks", "nodes": [
+            {"id": "a", "kind": "transform", "filter": "[range(1500)] | map(\"x\") | add"},
+            {"id": "b", "kind": "transform", "filter": "[range(1500)] | map(\"y\") | add"}
+        ]}),
+    )
+    .await;
+    register(
+        &d,
+        "big",
+        &json!({"tag": "calls-two", "nodes": [{"id": "call", "kind": "workflow", "tag": "two-sinks"}]}),
+    )
+    .await;
+    let (run, ev) = run_to_end(&d, "big", "calls-two", json!({})).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let failed = ev.iter().find(|e| e["type"] == "node_failed").unwrap();
+    assert_eq!(failed["node_id"], "call");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 2000 bytes (--max-output-bytes)"),
+        "{failed}"
+    );
     assert_no_panic(&d);
 }

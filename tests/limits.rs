@@ -28,6 +28,7 @@ async fn a_huge_error_is_cut_and_no_event_is_over_16_kib() {
     let pid = d.pid();
     register(
         &d,
+        "shouter",
         &json!({"tag": "shout", "nodes": [
             {"id": "a", "kind": "delay", "ms": 0},
             {"id": "loud", "kind": "transform", "depends_on": ["a"],
@@ -113,7 +114,7 @@ async fn a_failure_that_cancels_thousands_of_nodes_stays_under_16_kib() {
     nodes.push(
         json!({"id": "boom", "kind": "transform", "depends_on": ["root"], "filter": "error(\"no\")"}),
     );
-    register(&d, &json!({"tag": "many", "nodes": nodes})).await;
+    register(&d, "crowd", &json!({"tag": "many", "nodes": nodes})).await;
     let id = start_run(&d, "crowd", "many", json!({})).await;
     let view = wait_run(&d, "crowd", &id, T).await;
     assert_eq!(view["status"], "failed");

@@ -5,6 +5,7 @@
 mod support;
 
 mod auth;
+mod cli;
 mod egress;
 mod errors;
 mod fanout;
@@ -12,5 +13,9 @@ mod flow;
 mod limits;
 mod recovery;
 mod replay;
+mod retention;
+mod runner;
 mod runs;
+mod sandbox;
 mod seed;
+mod tenancy;

@@ -3,10 +3,18 @@
 //! An attempt of a `workflow` node queues a run of the child workflow for
 //! the same user (through the request stream, like any run, so any runner
 //! may take it), with `parent_run_id`, `parent_node_id` and its depth
-//! stored on it, and waits for it to end. The child's id is derived from
-//! the parent run, the node, the item (with `foreach`) and the attempt, and
-//! queueing it is a no-op when it exists: a parent resumed after a crash
-//! finds the child it had started instead of starting another.
+//! stored on it, and waits for it to end. The child's tag resolves as a
+//! run's does: the user's own workflow first, then the shared one. The
+//! child's id is derived from the parent run, the node, the item (with
+//! `foreach`) and the attempt, and queueing it is a no-op when it exists: a
+//! parent resumed after a crash finds the child it had started instead of
+//! starting another.
+//!
+//! A child run is an active run of its user, so it counts against
+//! `--max-active-runs-per-user` (not against the rate limit: it belongs to
+//! a run admitted already). A child refused by that quota writes nothing;
+//! its node fails with a message saying so (retryable: its retry policy
+//! may wait for a slot), and nothing accepted is lost.
 //!
 //! The wait ends when the child's status is terminal. A child that ends in
 //! this process wakes its parent at once through [`ChildWatch`] (the runner
@@ -33,7 +41,8 @@ use crate::backoff::Backoff;
 use crate::counter::{NodeStatus, RunStatus};
 use crate::error::{Error, Result};
 use crate::event::Parent;
-use crate::node::{self, NodeError};
+use crate::node::NodeError;
+use crate::store::runs::{ChildAdmission, RunQuota};
 use crate::store::{runs, workflows, RunRecord};
 use crate::workflow::{json_kind, ChildSpec};
 
@@ -128,17 +137,21 @@ pub struct ChildRequest {
     pub max_depth: u32,
     /// The node's child spec.
     pub spec: ChildSpec,
-    /// `{inputs, nodes}` (with `item`, `index`) for the `inputs` filter.
-    pub input: Value,
     /// The node's `timeout_ms`: how long the child may take.
     pub timeout: Option<Duration>,
+    /// The user's quotas: a new child is one more active run.
+    pub quota: RunQuota,
 }
 
-/// Starts the child run (unless it exists) and waits for its end.
+/// Starts the child run (unless it exists) with the inputs `inputs`
+/// yields (awaited only if the child has to be started: the node's
+/// `inputs` filter, evaluated by the run actor's sandboxed pool), and
+/// waits for its end.
 pub async fn run(
     conn: ConnectionManager,
     watch: ChildWatch,
     req: ChildRequest,
+    inputs: impl Future<Output = Result<Value, NodeError>>,
 ) -> Result<Value, NodeError> {
     if req.depth > req.max_depth {
         return Err(NodeError::fatal(format!(
@@ -152,7 +165,9 @@ pub async fn run(
         .await?
         .is_none()
     {
-        start(&conn, &req).await?;
+        start(&conn, &req, inputs.await?).await?;
+    } else {
+        drop(inputs);
     }
     let ended = wait_end(&conn, &watching);
     let status = match req.timeout {
@@ -195,23 +210,22 @@ pub async fn run(
     }
 }
 
-/// Evaluates the child's inputs, resolves its workflow and queues it.
-async fn start(conn: &ConnectionManager, req: &ChildRequest) -> Result<(), NodeError> {
-    let inputs = match &req.spec.inputs {
-        Some(f) => node::evaluate("inputs", f, req.input.clone()).await?,
-        None => req.input["inputs"].clone(),
-    };
+/// Resolves the child's workflow for its user and queues it with `inputs`.
+async fn start(
+    conn: &ConnectionManager,
+    req: &ChildRequest,
+    inputs: Value,
+) -> Result<(), NodeError> {
     if !inputs.is_object() {
         return Err(NodeError::fatal(format!(
             "inputs gave {}, not an object: a child run's inputs are an object",
             json_kind(&inputs)
         )));
     }
-    let tag = &req.spec.tag;
-    let Some(wf) = redis_retry(
-        conn,
-        |mut c| async move { workflows::get(&mut c, tag).await },
-    )
+    let (tag, user) = (&req.spec.tag, &req.user);
+    let Some((_, wf)) = redis_retry(conn, |mut c| async move {
+        workflows::get(&mut c, user, tag).await
+    })
     .await?
     else {
         return Err(NodeError::fatal(format!(
@@ -219,20 +233,27 @@ async fn start(conn: &ConnectionManager, req: &ChildRequest) -> Result<(), NodeE
         )));
     };
     let (wf, inputs) = (&wf, &inputs);
-    redis_retry(conn, |mut c| async move {
+    let admission = redis_retry(conn, |mut c| async move {
         runs::enqueue_child(
             &mut c,
             &req.run_id,
-            &req.user,
+            user,
             wf,
             inputs,
             &req.parent,
             req.depth,
+            req.quota,
         )
         .await
     })
     .await?;
-    Ok(())
+    match admission {
+        ChildAdmission::Accepted | ChildAdmission::Exists => Ok(()),
+        ChildAdmission::QuotaExceeded => Err(NodeError::retryable(format!(
+            "child workflow {tag:?} was not started: user {user:?} has {} active (queued or running) runs, the limit per user (--max-active-runs-per-user); child runs count as active runs",
+            req.quota.max_active
+        ))),
+    }
 }
 
 /// Waits until the child's status is terminal.

@@ -465,6 +465,55 @@ mod tests {
     }
 
     #[test]
+    fn a_child_runs_events_stay_under_the_limit_too() {
+        let long_id = "n".repeat(128);
+        let parent = Parent {
+            parent_run_id: "p".repeat(36),
+            parent_node_id: long_id.clone(),
+        };
+        let huge = "\u{1}".repeat(100_000);
+        let bodies = [
+            EventBody::WorkflowFailed {
+                run_id: "r".repeat(36),
+                failed_node: long_id.clone(),
+                error: huge.clone(),
+                cancelled_nodes: vec![long_id.clone(); 10_000],
+                cancelled_not_listed: 0,
+                counter: 0,
+            },
+            EventBody::NodeFailed {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                error: huge,
+                attempt: u32::MAX,
+                will_retry: true,
+                counter: u32::MAX,
+                item: Some(usize::MAX),
+            },
+            EventBody::NodeSkipped {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                status: "skipped".into(),
+                counter: u32::MAX,
+                reason: format!("parent {long_id:?} was skipped"),
+            },
+            EventBody::NodeProgress {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                progress: 1.0,
+                message: format!("{0}/{0} items", usize::MAX),
+                done: usize::MAX,
+                total: usize::MAX,
+            },
+        ];
+        for body in bodies {
+            let json = Event::new(body, u64::MAX).child_of(Some(&parent)).to_json();
+            // Room left for the event_id Redis splices in.
+            assert!(json.len() <= MAX_EVENT_BYTES - 100, "{}", json.len());
+        }
+    }
+
+    #[test]
     fn only_child_runs_carry_parent_fields() {
         let body = EventBody::WorkflowCompleted {
             run_id: "r".into(),

@@ -12,6 +12,15 @@
 //! fails the run and cancels its running siblings. [`Cancel`] ends the run
 //! on its owner's request.
 //!
+//! Every attempt of a `transform` or `http` node first takes a permit of
+//! its user's fair share (`fair`; `delay` and `workflow` nodes, which only
+//! wait, cost nothing and take none) and holds it until the attempt ends,
+//! whatever ends it: the permit lives in the attempt's future. Under the
+//! permit, the node's input is built and its output hashed and serialised
+//! on a blocking thread, so a large output stalls neither this thread
+//! (shared by every run actor) nor the Publisher's. The node's deadline
+//! covers the execution itself, not the wait for a permit.
+//!
 //! Control flow (see `counter`): a completion that makes nodes ready first
 //! has their `when` conditions evaluated (a node's inputs are final once
 //! its parents have finished), then applies the step with their outcomes,
@@ -21,9 +30,20 @@
 //! finished item on its own (`foreach::Items`), so a resumed run redoes
 //! none of them. A `workflow` node runs a child run (`child`); cancelling
 //! or failing the run asks its running children to cancel. Workflows that
-//! ask for it get a `node_started` commit when each attempt begins.
+//! ask for it get a `node_started` commit when each attempt begins. Every
+//! control-flow filter (`when`, `foreach`, a child's `inputs`) runs in the
+//! sandboxed jq pool under a compute permit and a deadline, as a
+//! transform does; every output (a `foreach` node's array and a child's
+//! sink outputs included) is held to `--max-output-bytes`.
+//!
+//! A run resumed too many times without progress (see `store::leases`)
+//! starts with [`RunSetup::break_crash_loop`]: instead of running its nodes
+//! again, it fails its first active node (not retried) and so the run, with
+//! running siblings cancelled, through the same counter step and commit as
+//! any failure.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,14 +56,25 @@ use serde_json::{Map, Value};
 use crate::child::{self, ChildRequest, ChildWatch};
 use crate::counter::{Ended, NodeStatus, RunState, RunStatus, SkipReason, Step};
 use crate::event::{Event, EventBody, Parent};
+use crate::fair::{FairShare, Shares};
 use crate::foreach::Items;
 use crate::http_node::HttpClient;
+use crate::jq;
 use crate::metrics::Metrics;
 use crate::node::{self, NodeError};
 use crate::publisher::{self, Publisher};
 use crate::result;
-use crate::store::{runs, Commit, NodeRecord, Outcome, RunRecord};
+use crate::store::runs::RunQuota;
+use crate::store::{leases, runs, Commit, NodeRecord, Outcome, RunRecord};
 use crate::workflow::{json_kind, Dag, NodeKind};
+
+/// The error of the node a crash loop is broken on (and so of the run).
+pub fn crash_loop_error() -> String {
+    format!(
+        "the run was resumed {} times without progress and was stopped to break a crash loop",
+        leases::MAX_RESUMES_WITHOUT_PROGRESS
+    )
+}
 
 /// Cancel the run. Answers `false` if it had already ended.
 #[derive(Message)]
@@ -78,16 +109,19 @@ pub struct RunSetup {
     pub state: RunState,
     /// Per-node persisted records (attempts, refs).
     pub records: Vec<NodeRecord>,
-    /// Outputs of completed nodes, by index.
-    pub outputs: HashMap<usize, Value>,
+    /// Outputs of completed (and, as `null`, skipped) nodes, by index.
+    pub outputs: HashMap<usize, Arc<Value>>,
     /// The last committed event seq.
     pub seq: u64,
-    /// This runner's instance id (the lease holder).
+    /// This runner process, as its leases name it (`instance#nonce`).
     pub owner: String,
     /// How long each commit extends the lease.
     pub lease: Duration,
     /// The owner asked to cancel it before this actor existed.
     pub cancel_requested: bool,
+    /// It was resumed too often without progress: fail it instead of
+    /// running its nodes again.
+    pub break_crash_loop: bool,
     /// The run and node that started it, for a child run.
     pub parent: Option<Parent>,
     /// How deeply it is nested in child runs (0: started by a user).
@@ -108,25 +142,128 @@ pub struct ResumedItems {
     pub finished: Vec<(usize, Value)>,
 }
 
-/// What run actors share beyond the Publisher: Redis for child runs and
-/// cancel requests, the waiters on child runs, the control-flow limits.
+/// A finished attempt's output, hashed and serialised.
+struct Output {
+    value: Arc<Value>,
+    result_ref: String,
+    canonical: String,
+}
+
+impl Output {
+    fn of(value: Value) -> Self {
+        let (result_ref, bytes) = result::address(&value);
+        Self {
+            value: Arc::new(value),
+            result_ref,
+            // Serialised JSON is UTF-8.
+            canonical: String::from_utf8(bytes).unwrap_or_default(),
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NodeError> {
+    actix_rt::task::spawn_blocking(f)
+        .await
+        .map_err(|_| NodeError::fatal("a worker thread failed"))
+}
+
+/// Hashes and serialises an output on a blocking thread (`null` in place).
+async fn output_of(v: Value) -> Result<Output, NodeError> {
+    match v {
+        Value::Null => Ok(Output::of(Value::Null)),
+        v => off_thread(move || Output::of(v)).await,
+    }
+}
+
+/// What a node's filters see: `{inputs, nodes: {<id>: <output>}}`, and
+/// for an item of a `foreach` node also `item` and `index`. Built on a
+/// blocking thread ([`Input::build`]), from parts shared, not copied.
+enum Input {
+    /// No input (`delay`).
+    None,
+    /// The run's inputs and the node's ancestors' outputs.
+    Node(Arc<Value>, Vec<(String, Arc<Value>)>),
+    /// A `foreach` item: the node's input, built once for all its items,
+    /// with the item and its index added.
+    Item {
+        base: Arc<Value>,
+        index: usize,
+        item: Value,
+    },
+}
+
+impl Input {
+    async fn build(self) -> Result<Value, NodeError> {
+        match self {
+            Self::None => Ok(Value::Null),
+            Self::Node(inputs, outputs) => {
+                off_thread(move || {
+                    let nodes: Map<String, Value> = outputs
+                        .into_iter()
+                        .map(|(id, v)| (id, Value::clone(&v)))
+                        .collect();
+                    let mut input = Map::new();
+                    input.insert("inputs".into(), Value::clone(&inputs));
+                    input.insert("nodes".into(), Value::Object(nodes));
+                    Value::Object(input)
+                })
+                .await
+            }
+            Self::Item { base, index, item } => {
+                off_thread(move || {
+                    let mut input = Value::clone(&base);
+                    if let Value::Object(m) = &mut input {
+                        m.insert("item".into(), item);
+                        m.insert("index".into(), index.into());
+                    }
+                    input
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// What every run actor of a runner shares: where its events go, how its
+/// nodes execute, and the limits they run under.
 #[derive(Clone)]
-pub struct FlowEnv {
-    /// Commands to Redis (child runs; cancelling them).
+pub struct RunEnv {
+    /// The single writer of state and events.
+    pub publisher: Addr<Publisher>,
+    /// Told when the run actor stops.
+    pub runner: Recipient<RunStopped>,
+    /// The egress-checked client of `http` nodes.
+    pub http: Rc<HttpClient>,
+    /// Node execution, shared fairly among users.
+    pub shares: Shares,
+    /// The sandboxed jq evaluators.
+    pub jq: jq::Pool,
+    /// Largest node output (canonical JSON) accepted.
+    pub max_output_bytes: usize,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Commands to Redis outside commits: starting and cancelling child runs.
     pub conn: ConnectionManager,
     /// Wakes parents whose child ends in this process.
     pub children: ChildWatch,
-    /// `--max-foreach-items`.
+    /// Most items a `foreach` may yield (`--max-foreach-items`).
     pub max_foreach_items: usize,
-    /// `--max-child-depth`.
+    /// How deeply child runs may nest (`--max-child-depth`).
     pub max_child_depth: u32,
+    /// The users' run quotas; a child run is one more active run.
+    pub run_quota: RunQuota,
 }
 
 /// A `foreach` node whose items are running.
 struct ForeachRun {
-    items: Rc<Vec<Value>>,
-    /// The node's `{inputs, nodes}`, built once for all its items.
-    input: Value,
+    /// The items (an array).
+    items: Arc<Value>,
+    /// The node's `{inputs, nodes}`, built once for all its items (`None`
+    /// for a `delay` node, which has no input).
+    input: Option<Arc<Value>>,
     state: Items,
     handles: HashMap<usize, SpawnHandle>,
     attempts: HashMap<usize, u32>,
@@ -138,11 +275,9 @@ type Condition = Result<bool, NodeError>;
 /// The run actor.
 pub struct RunActor {
     setup: RunSetup,
-    publisher: Addr<Publisher>,
-    runner: Recipient<RunStopped>,
-    http: Rc<HttpClient>,
-    metrics: Metrics,
-    flow: FlowEnv,
+    /// The run's inputs, shared with the attempts that build node inputs.
+    inputs: Arc<Value>,
+    env: RunEnv,
     running: HashMap<usize, SpawnHandle>,
     /// `foreach` nodes with items running.
     foreach: HashMap<usize, ForeachRun>,
@@ -155,22 +290,12 @@ pub struct RunActor {
 }
 
 impl RunActor {
-    /// A run actor for `setup`.
-    pub fn new(
-        setup: RunSetup,
-        publisher: Addr<Publisher>,
-        runner: Recipient<RunStopped>,
-        http: Rc<HttpClient>,
-        metrics: Metrics,
-        flow: FlowEnv,
-    ) -> Self {
+    /// A run actor for `setup` in its runner's `env`.
+    pub fn new(mut setup: RunSetup, env: RunEnv) -> Self {
         Self {
+            inputs: Arc::new(std::mem::take(&mut setup.inputs)),
             setup,
-            publisher,
-            runner,
-            http,
-            metrics,
-            flow,
+            env,
             running: HashMap::new(),
             foreach: HashMap::new(),
             child_runs: HashMap::new(),
@@ -183,24 +308,57 @@ impl RunActor {
         &self.setup.dag.node(i).id
     }
 
-    /// `{inputs, nodes: {<id>: <output>}}` for node `i`'s filters, with the
-    /// outputs of its ancestors: all completed before `i` was activated, so
-    /// the input never depends on timing.
-    fn input_for(&self, i: usize) -> Value {
+    /// The outputs of node `i`'s ancestors (all finished before `i` was
+    /// activated, so `i`'s input never depends on timing), shared, not copied.
+    fn ancestor_outputs(&self, i: usize) -> Vec<(String, Arc<Value>)> {
         let dag = &self.setup.dag;
         let mut seen = vec![false; dag.len()];
         let mut stack = dag.parents[i].clone();
-        let mut nodes = Map::new();
+        let mut found = Vec::new();
         while let Some(p) = stack.pop() {
             if std::mem::replace(&mut seen[p], true) {
                 continue;
             }
             if let Some(v) = self.setup.outputs.get(&p) {
-                nodes.insert(dag.node(p).id.clone(), v.clone());
+                found.push((dag.node(p).id.clone(), v.clone()));
             }
             stack.extend(&dag.parents[p]);
         }
-        serde_json::json!({"inputs": self.setup.inputs, "nodes": nodes})
+        found
+    }
+
+    /// Node `i`'s `{inputs, nodes}`, to build.
+    fn input_of(&self, i: usize) -> Input {
+        Input::Node(self.inputs.clone(), self.ancestor_outputs(i))
+    }
+
+    /// The fair-share pool an attempt of `kind` takes a permit from, if any.
+    fn share_for(&self, kind: &NodeKind) -> Option<&FairShare> {
+        match kind {
+            NodeKind::Transform { .. } => Some(&self.env.shares.compute),
+            NodeKind::Http(_) => Some(&self.env.shares.io),
+            NodeKind::Delay { .. } | NodeKind::Workflow(_) => None,
+        }
+    }
+
+    /// Evaluates a control-flow filter of node `i` on `input`, under a
+    /// compute permit of the run's user and within the node's deadline.
+    fn control_filter(
+        &self,
+        i: usize,
+        what: &'static str,
+        filter: String,
+        input: Input,
+    ) -> impl Future<Output = Result<Value, NodeError>> + 'static {
+        // Asked for when first polled: a child's inputs may never be.
+        let (compute, user) = (self.env.shares.compute.clone(), self.setup.user.clone());
+        let jq = self.env.jq.clone();
+        let deadline = filter_deadline(self.setup.dag.node(i).timeout_ms);
+        async move {
+            let _permit = compute.acquire(&user).await;
+            let input = input.build().await?;
+            node::evaluate(&jq, what, &filter, &input, deadline).await
+        }
     }
 
     fn commit(&mut self) -> Commit {
@@ -245,7 +403,11 @@ impl RunActor {
             return self.launch_foreach(i, ctx);
         }
         let attempt = self.setup.records[i].attempt;
-        let fut = self.attempt(i, None, attempt);
+        let input = match self.setup.dag.node(i).kind {
+            NodeKind::Delay { .. } => Input::None,
+            _ => self.input_of(i),
+        };
+        let fut = self.attempt(i, None, input, attempt);
         let handle = ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.running.remove(&i);
             act.child_runs.remove(&(i, None));
@@ -254,30 +416,26 @@ impl RunActor {
         self.running.insert(i, handle);
     }
 
-    /// One attempt of node `i`, or of its item `item` (index, value, and
-    /// the node's input, which the item's is built on).
+    /// One attempt of node `i` (or of its item `item`) on `input`.
     fn attempt(
         &mut self,
         i: usize,
-        item: Option<(usize, Value, Value)>,
+        item: Option<usize>,
+        input: Input,
         attempt: u32,
-    ) -> LocalBoxFuture<'static, Result<Value, NodeError>> {
+    ) -> LocalBoxFuture<'static, Result<Output, NodeError>> {
         let spec = self.setup.dag.node(i).clone();
-        let index = item.as_ref().map(|(idx, _, _)| *idx);
-        let input = match (item, &spec.kind) {
-            (Some((idx, v, mut input)), _) => {
-                if let Value::Object(m) = &mut input {
-                    m.insert("item".into(), v);
-                    m.insert("index".into(), idx.into());
-                }
-                input
-            }
-            (None, NodeKind::Delay { .. }) => Value::Null,
-            (None, _) => self.input_for(i),
-        };
         if let NodeKind::Workflow(child) = &spec.kind {
-            let run_id = child::child_run_id(&self.setup.run_id, &spec.id, index, attempt);
-            self.child_runs.insert((i, index), run_id.clone());
+            let run_id = child::child_run_id(&self.setup.run_id, &spec.id, item, attempt);
+            self.child_runs.insert((i, item), run_id.clone());
+            // The child's inputs, evaluated only if it has to be started.
+            let inputs: LocalBoxFuture<'static, Result<Value, NodeError>> = match &child.inputs {
+                Some(f) => Box::pin(self.control_filter(i, "inputs", f.clone(), input)),
+                None => {
+                    let inputs = self.inputs.clone();
+                    Box::pin(async move { Ok(Value::clone(&inputs)) })
+                }
+            };
             let req = ChildRequest {
                 run_id,
                 user: self.setup.user.clone(),
@@ -286,31 +444,42 @@ impl RunActor {
                     parent_node_id: spec.id.clone(),
                 },
                 depth: self.setup.depth + 1,
-                max_depth: self.flow.max_child_depth,
+                max_depth: self.env.max_child_depth,
                 spec: child.clone(),
-                input,
                 timeout: spec.timeout_ms.map(Duration::from_millis),
+                quota: self.env.run_quota,
             };
-            return Box::pin(child::run(
-                self.flow.conn.clone(),
-                self.flow.children.clone(),
-                req,
-            ));
+            let (conn, watch) = (self.env.conn.clone(), self.env.children.clone());
+            return Box::pin(async move {
+                let out = child::run(conn, watch, req, inputs).await?;
+                output_of(out).await
+            });
         }
-        let http = self.http.clone();
+        let permit = self
+            .share_for(&spec.kind)
+            .map(|share| share.acquire(&self.setup.user));
+        let http = self.env.http.clone();
+        let jq = self.env.jq.clone();
         let deadline = match (&spec.kind, spec.timeout_ms) {
             (_, Some(ms)) => Some(Duration::from_millis(ms)),
             (NodeKind::Transform { .. }, None) => Some(node::DEFAULT_TRANSFORM_TIMEOUT),
             _ => None,
         };
         Box::pin(async move {
-            let run = node::execute(&spec, input, &http);
-            match deadline {
+            // Held until this future ends or is dropped (timeout, cancel).
+            let _permit = match permit {
+                Some(p) => Some(p.await),
+                None => None,
+            };
+            let input = input.build().await?;
+            let run = node::execute(&spec, input, &http, &jq);
+            let out = match deadline {
                 Some(d) => actix_rt::time::timeout(d, run)
                     .await
-                    .unwrap_or_else(|_| Err(NodeError::timeout(d))),
-                None => run.await,
-            }
+                    .unwrap_or_else(|_| Err(NodeError::timeout(d)))?,
+                None => run.await?,
+            };
+            output_of(out).await
         })
     }
 
@@ -333,18 +502,20 @@ impl RunActor {
         self.send(c, ctx, |_, _| {});
     }
 
-    fn finished(&mut self, i: usize, r: Result<Value, NodeError>, ctx: &mut Context<Self>) {
+    fn finished(&mut self, i: usize, r: Result<Output, NodeError>, ctx: &mut Context<Self>) {
         let kind = self.setup.dag.node(i).kind_name();
         match r {
             Ok(out) => {
-                self.metrics
+                self.env
+                    .metrics
                     .nodes
                     .with_label_values(&[kind, "completed"])
                     .inc();
                 self.completed(i, out, ctx)
             }
             Err(e) => {
-                self.metrics
+                self.env
+                    .metrics
                     .nodes
                     .with_label_values(&[kind, "failed"])
                     .inc();
@@ -353,15 +524,32 @@ impl RunActor {
         }
     }
 
-    fn completed(&mut self, i: usize, out: Value, ctx: &mut Context<Self>) {
+    /// The error of an output over `--max-output-bytes`, if it is.
+    fn too_large(&self, out: &Output) -> Option<NodeError> {
+        (out.canonical.len() > self.env.max_output_bytes).then(|| {
+            NodeError::fatal(format!(
+                "output is {} bytes, over the limit of {} bytes (--max-output-bytes)",
+                out.canonical.len(),
+                self.env.max_output_bytes
+            ))
+        })
+    }
+
+    fn completed(&mut self, i: usize, out: Output, ctx: &mut Context<Self>) {
+        if let Some(e) = self.too_large(&out) {
+            return self.failed(i, e, ctx);
+        }
+        if self.setup.state.nodes()[i] != NodeStatus::Active {
+            return; // cancelled meanwhile, or a duplicate: nothing changes
+        }
         // Known before the step: the conditions it reaches may read it.
-        self.setup.outputs.insert(i, out);
-        self.advance(i, ctx);
+        self.setup.outputs.insert(i, out.value.clone());
+        self.advance(i, out, ctx);
     }
 
     /// Applies node `i`'s completion once every condition the step reaches
     /// is known; evaluates the missing ones first.
-    fn advance(&mut self, i: usize, ctx: &mut Context<Self>) {
+    fn advance(&mut self, i: usize, out: Output, ctx: &mut Context<Self>) {
         if self.setup.state.nodes()[i] != NodeStatus::Active
             || self.setup.state.status().is_terminal()
         {
@@ -379,12 +567,9 @@ impl RunActor {
             },
         );
         if !unknown.is_empty() {
-            return self.evaluate_conditions(unknown, ctx, move |act, ctx| act.advance(i, ctx));
+            return self
+                .evaluate_conditions(unknown, ctx, move |act, ctx| act.advance(i, out, ctx));
         }
-        let Some(out) = self.setup.outputs.get(&i) else {
-            return;
-        };
-        let (result_ref, bytes) = result::address(out);
         let conditions = &self.conditions;
         let Ok(step) = self.setup.state.complete(&dag, i, &mut |c| {
             conditions
@@ -393,11 +578,13 @@ impl RunActor {
         }) else {
             return;
         };
+        let Output {
+            result_ref,
+            canonical,
+            ..
+        } = out;
         let mut c = self.commit();
-        c.store_result(
-            result_ref.clone(),
-            String::from_utf8(bytes).unwrap_or_default(),
-        );
+        c.store_result(result_ref.clone(), canonical);
         let rec = &mut self.setup.records[i];
         rec.status = NodeStatus::Completed;
         rec.result_ref = Some(result_ref.clone());
@@ -462,7 +649,7 @@ impl RunActor {
     fn push_skips(&mut self, c: &mut Commit, step: &Step) {
         for &(k, reason) in &step.skipped {
             self.setup.records[k].status = NodeStatus::Skipped;
-            self.setup.outputs.insert(k, Value::Null);
+            self.setup.outputs.insert(k, Arc::new(Value::Null));
             self.set_node(c, k);
             let body = skipped_event(&self.setup.run_id, &self.setup.dag, k, reason, step.counter);
             self.push_event(c, body);
@@ -476,27 +663,28 @@ impl RunActor {
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
-        let checks = nodes
+        let checks: Vec<_> = nodes
             .into_iter()
             .filter_map(|c| {
-                let spec = self.setup.dag.node(c);
-                let filter = spec.when.clone()?;
-                Some((
-                    c,
-                    filter,
-                    self.input_for(c),
-                    condition_deadline(spec.timeout_ms),
-                ))
+                let filter = self.setup.dag.node(c).when.clone()?;
+                let eval = self.control_filter(c, "when", filter, self.input_of(c));
+                Some(async move {
+                    // A condition that cannot decide fails its node, without
+                    // retry: a retry would run the node without it.
+                    let r = eval
+                        .await
+                        .map(|v| node::truth(&v))
+                        .map_err(|e| NodeError::fatal(e.message));
+                    (c, r)
+                })
             })
             .collect();
-        ctx.spawn(
-            node::conditions(checks)
-                .into_actor(self)
-                .map(move |outcomes, act, ctx| {
-                    act.conditions.extend(outcomes);
-                    then(act, ctx);
-                }),
-        );
+        ctx.spawn(futures_util::future::join_all(checks).into_actor(self).map(
+            move |outcomes, act, ctx| {
+                act.conditions.extend(outcomes);
+                then(act, ctx);
+            },
+        ));
     }
 
     /// Evaluates a `foreach` node's array (or takes the resumed one) and
@@ -504,31 +692,28 @@ impl RunActor {
     fn launch_foreach(&mut self, i: usize, ctx: &mut Context<Self>) {
         let resumed = self.setup.foreach.remove(&i).unwrap_or_default();
         if let Some(items) = resumed.items {
-            return self.items_ready(i, items, resumed.finished, ctx);
+            return self.items_ready(
+                i,
+                Arc::new(Value::Array(items)),
+                None,
+                resumed.finished,
+                ctx,
+            );
         }
         // Items committed before a crash stay done even if the array has to
         // be evaluated again.
         let finished = resumed.finished;
-        let spec = self.setup.dag.node(i);
-        let filter = spec.foreach.clone().unwrap_or_default();
-        let deadline = condition_deadline(spec.timeout_ms);
-        let max = self.flow.max_foreach_items;
-        let input = self.input_for(i);
+        let filter = self.setup.dag.node(i).foreach.clone().unwrap_or_default();
+        let eval = self.control_filter(i, "foreach", filter, self.input_of(i));
+        let max = self.env.max_foreach_items;
         let fut = async move {
-            let v = actix_rt::time::timeout(deadline, node::evaluate("foreach", &filter, input))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(NodeError::fatal(format!(
-                        "foreach: timed out after {} ms",
-                        deadline.as_millis()
-                    )))
-                })?;
-            foreach_items(v, max)
+            let items = foreach_items(eval.await?, max)?;
+            output_of(Value::Array(items)).await
         };
         let handle = ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.running.remove(&i);
             match r {
-                Ok(items) => act.items_ready(i, items, finished, ctx),
+                Ok(out) => act.items_ready(i, out.value.clone(), Some(out), finished, ctx),
                 Err(e) => act.failed(i, e, ctx),
             }
         }));
@@ -536,48 +721,66 @@ impl RunActor {
     }
 
     /// A `foreach` node's array is known: store it (the first time, with a
-    /// `node_progress` of 0 items done) and start the items.
+    /// `node_progress` of 0 items done; `stored` is its address and bytes)
+    /// and start the items.
     fn items_ready(
         &mut self,
         i: usize,
-        items: Vec<Value>,
+        items: Arc<Value>,
+        stored: Option<Output>,
         finished: Vec<(usize, Value)>,
         ctx: &mut Context<Self>,
     ) {
         if self.setup.state.nodes()[i] != NodeStatus::Active {
             return;
         }
-        let state = Items::new(items.len(), finished);
-        if self.setup.records[i].items_ref.is_none() && !items.is_empty() {
-            let array = Value::Array(items);
-            let (items_ref, bytes) = result::address(&array);
-            let Value::Array(back) = array else {
-                return;
-            };
-            let mut c = self.commit();
-            c.store_result(
-                items_ref.clone(),
-                String::from_utf8(bytes).unwrap_or_default(),
-            );
-            self.setup.records[i].items_ref = Some(items_ref);
-            self.setup.records[i].items = Some(back.len());
-            self.set_node(&mut c, i);
-            self.push_progress(&mut c, i, state.done(), state.total());
-            self.send(c, ctx, |_, _| {});
-            return self.run_items(i, back, state, ctx);
+        let total = items.as_array().map_or(0, Vec::len);
+        let state = Items::new(total, finished);
+        if let Some(out) = stored.filter(|_| total > 0) {
+            if self.setup.records[i].items_ref.is_none() {
+                let mut c = self.commit();
+                c.store_result(out.result_ref.clone(), out.canonical);
+                self.setup.records[i].items_ref = Some(out.result_ref);
+                self.setup.records[i].items = Some(total);
+                self.set_node(&mut c, i);
+                self.push_progress(&mut c, i, state.done(), state.total());
+                self.send(c, ctx, |_, _| {});
+            }
         }
-        self.run_items(i, items, state, ctx);
+        let input = match self.setup.dag.node(i).kind {
+            NodeKind::Delay { .. } => None,
+            _ => Some(self.input_of(i)),
+        };
+        if let Some(input) = input {
+            // The items' shared input, built once before they start.
+            let handle = ctx.spawn(input.build().into_actor(self).map(move |r, act, ctx| {
+                act.running.remove(&i);
+                match r {
+                    Ok(v) => act.run_items(i, items, Some(Arc::new(v)), state, ctx),
+                    Err(e) => act.failed(i, e, ctx),
+                }
+            }));
+            self.running.insert(i, handle);
+            return;
+        }
+        self.run_items(i, items, None, state, ctx);
     }
 
-    fn run_items(&mut self, i: usize, items: Vec<Value>, state: Items, ctx: &mut Context<Self>) {
-        let input = match self.setup.dag.node(i).kind {
-            NodeKind::Delay { .. } => Value::Null,
-            _ => self.input_for(i),
-        };
+    fn run_items(
+        &mut self,
+        i: usize,
+        items: Arc<Value>,
+        input: Option<Arc<Value>>,
+        state: Items,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.setup.state.nodes()[i] != NodeStatus::Active {
+            return;
+        }
         self.foreach.insert(
             i,
             ForeachRun {
-                items: Rc::new(items),
+                items,
                 input,
                 state,
                 handles: HashMap::new(),
@@ -611,17 +814,38 @@ impl RunActor {
             return;
         };
         if f.state.is_complete() {
-            let out = f.state.output();
-            self.foreach.remove(&i);
+            let Some(f) = self.foreach.remove(&i) else {
+                return;
+            };
             let kind = self.setup.dag.node(i).kind_name();
-            self.metrics
+            self.env
+                .metrics
                 .nodes
                 .with_label_values(&[kind, "completed"])
                 .inc();
-            return self.completed(i, out, ctx);
+            // The array of item outputs, assembled and hashed off this thread.
+            let state = f.state;
+            let handle = ctx.spawn(
+                async move { output_of(state.output()).await }
+                    .into_actor(self)
+                    .map(move |r, act, ctx| {
+                        act.running.remove(&i);
+                        act.finished_items(i, r, ctx);
+                    }),
+            );
+            self.running.insert(i, handle);
+            return;
         }
         for idx in f.state.start(concurrency) {
             self.launch_item(i, idx, ctx);
+        }
+    }
+
+    /// A `foreach` node's output is assembled: it completes.
+    fn finished_items(&mut self, i: usize, r: Result<Output, NodeError>, ctx: &mut Context<Self>) {
+        match r {
+            Ok(out) => self.completed(i, out, ctx),
+            Err(e) => self.failed(i, e, ctx),
         }
     }
 
@@ -632,9 +856,21 @@ impl RunActor {
         let attempt = f.attempts.entry(idx).or_insert(0);
         *attempt += 1;
         let attempt = *attempt;
-        let item = f.items.get(idx).cloned().unwrap_or(Value::Null);
-        let input = f.input.clone();
-        let fut = self.attempt(i, Some((idx, item, input)), attempt);
+        let item = f
+            .items
+            .as_array()
+            .and_then(|a| a.get(idx))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let input = match &f.input {
+            Some(base) => Input::Item {
+                base: base.clone(),
+                index: idx,
+                item,
+            },
+            None => Input::None,
+        };
+        let fut = self.attempt(i, Some(idx), input, attempt);
         let handle = ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.child_runs.remove(&(i, Some(idx)));
             act.item_finished(i, idx, r, ctx);
@@ -650,9 +886,14 @@ impl RunActor {
         &mut self,
         i: usize,
         idx: usize,
-        r: Result<Value, NodeError>,
+        r: Result<Output, NodeError>,
         ctx: &mut Context<Self>,
     ) {
+        // An item's output is held to the same limit as a node's.
+        let r = r.and_then(|out| match self.too_large(&out) {
+            Some(e) => Err(e),
+            None => Ok(out),
+        });
         let Some(f) = self.foreach.get_mut(&i) else {
             return;
         };
@@ -661,27 +902,31 @@ impl RunActor {
         let kind = self.setup.dag.node(i).kind_name();
         match r {
             Ok(out) => {
-                let (item_ref, bytes) = result::address(&out);
-                if f.state.finish(idx, out).is_err() {
+                let Output {
+                    value,
+                    result_ref,
+                    canonical,
+                } = out;
+                let value = Arc::try_unwrap(value).unwrap_or_else(|v| Value::clone(&v));
+                if f.state.finish(idx, value).is_err() {
                     return;
                 }
                 let (done, total) = (f.state.done(), f.state.total());
-                self.metrics
+                self.env
+                    .metrics
                     .nodes
                     .with_label_values(&[kind, "item_completed"])
                     .inc();
                 let mut c = self.commit();
-                c.store_result(
-                    item_ref.clone(),
-                    String::from_utf8(bytes).unwrap_or_default(),
-                );
-                c.set_item(&self.setup.dag.node(i).id, idx, &item_ref);
+                c.store_result(result_ref.clone(), canonical);
+                c.set_item(&self.setup.dag.node(i).id, idx, &result_ref);
                 self.push_progress(&mut c, i, done, total);
                 self.send(c, ctx, |_, _| {});
                 self.pump(i, ctx);
             }
             Err(e) => {
-                self.metrics
+                self.env
+                    .metrics
                     .nodes
                     .with_label_values(&[kind, "item_failed"])
                     .inc();
@@ -831,7 +1076,7 @@ impl RunActor {
         if children.is_empty() {
             return;
         }
-        let mut conn = self.flow.conn.clone();
+        let mut conn = self.env.conn.clone();
         let run_id = self.setup.run_id.clone();
         actix::spawn(async move {
             for child in children {
@@ -854,13 +1099,13 @@ impl RunActor {
         let ended = (c.active == -1).then(|| self.setup.state.status().as_str());
         // Enqueued now, not when the spawned future is first polled: the
         // context does not poll its futures in spawn order.
-        let durable = publisher::publish(&self.publisher, c);
+        let durable = publisher::publish(&self.env.publisher, c);
         ctx.spawn(durable.into_actor(self).map(move |outcome, act, ctx| {
             act.in_flight -= 1;
             match outcome {
                 Some(Outcome::Applied(_)) => {
                     if let Some(outcome) = ended {
-                        act.metrics.runs.with_label_values(&[outcome]).inc();
+                        act.env.metrics.runs.with_label_values(&[outcome]).inc();
                     }
                     then(act, ctx)
                 }
@@ -900,7 +1145,7 @@ impl Actor for RunActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.metrics.live_runs.inc();
+        self.env.metrics.live_runs.inc();
         if self.setup.state.status().is_terminal() {
             // Ended in its initialising commit (every node skipped).
             ctx.stop();
@@ -910,6 +1155,22 @@ impl Actor for RunActor {
             ctx.notify(Cancel);
             return;
         }
+        if self.setup.break_crash_loop {
+            // Which active node brought the runners down is unknown; the
+            // first one (in workflow order) is named, the others cancelled.
+            if let Some(&i) = self.setup.state.active().first() {
+                // This resumption's attempt, refused.
+                self.setup.records[i].attempt += 1;
+                log::warn!(
+                    "run {}: {}; failing it at node {}",
+                    self.setup.run_id,
+                    crash_loop_error(),
+                    self.node_id(i)
+                );
+                self.failed(i, NodeError::fatal(crash_loop_error()), ctx);
+                return;
+            }
+        }
         let failing = std::mem::take(&mut self.setup.failing);
         for i in self.setup.state.active() {
             self.launch_or_fail(i, &failing, ctx);
@@ -917,8 +1178,8 @@ impl Actor for RunActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.metrics.live_runs.dec();
-        let _ = self.runner.try_send(RunStopped {
+        self.env.metrics.live_runs.dec();
+        let _ = self.env.runner.try_send(RunStopped {
             run_id: self.setup.run_id.clone(),
         });
     }
@@ -987,9 +1248,9 @@ pub fn restore(record: &RunRecord, dag: &Dag) -> (RunState, Vec<NodeRecord>) {
     (state, records)
 }
 
-/// How long a `when` or `foreach` filter may run: the node's `timeout_ms`,
-/// else the transforms' default.
-fn condition_deadline(timeout_ms: Option<u64>) -> Duration {
+/// How long a control-flow filter (`when`, `foreach`, a child's `inputs`)
+/// may run: the node's `timeout_ms`, else the transforms' default.
+fn filter_deadline(timeout_ms: Option<u64>) -> Duration {
     timeout_ms.map_or(node::DEFAULT_TRANSFORM_TIMEOUT, Duration::from_millis)
 }
 
@@ -1037,32 +1298,39 @@ pub struct Start {
     pub failing: Vec<(usize, NodeError)>,
 }
 
-/// Decides a run's entry nodes (see [`Start`]).
-pub async fn start(dag: &Dag, inputs: &Value) -> Start {
+/// Decides a run's entry nodes (see [`Start`]): their conditions run in
+/// `jq` under a permit of `user`'s share of `compute`, within each node's
+/// deadline.
+pub async fn start(
+    dag: &Dag,
+    inputs: &Value,
+    user: &str,
+    jq: &jq::Pool,
+    compute: &FairShare,
+) -> Start {
     let mut known: HashMap<usize, Condition> = HashMap::new();
     let truth = |known: &HashMap<usize, Condition>, c: usize| {
         known.get(&c).map(|r| *r.as_ref().unwrap_or(&true))
     };
+    // Before the start, nothing has an output: skipped nodes are null.
+    let input = Arc::new(serde_json::json!({"inputs": inputs, "nodes": {}}));
     loop {
         let unknown = RunState::unknown_start_conditions(dag, |c| truth(&known, c));
         if unknown.is_empty() {
             break;
         }
-        // Before the start, nothing has an output: skipped nodes are null.
-        let input = serde_json::json!({"inputs": inputs, "nodes": {}});
-        let checks = unknown
-            .into_iter()
-            .filter_map(|c| {
-                let spec = dag.node(c);
-                Some((
-                    c,
-                    spec.when.clone()?,
-                    input.clone(),
-                    condition_deadline(spec.timeout_ms),
-                ))
+        let checks = unknown.into_iter().filter_map(|c| {
+            let spec = dag.node(c);
+            let filter = spec.when.clone()?;
+            let deadline = filter_deadline(spec.timeout_ms);
+            let permit = compute.acquire(user);
+            let input = input.clone();
+            Some(async move {
+                let _permit = permit.await;
+                (c, node::condition(jq, &filter, &input, deadline).await)
             })
-            .collect();
-        known.extend(node::conditions(checks).await);
+        });
+        known.extend(futures_util::future::join_all(checks).await);
     }
     let (state, step) = RunState::start(dag, &mut |c| truth(&known, c).unwrap_or(true));
     let failing = step

@@ -583,7 +583,7 @@ fn check_node(n: &NodeSpec) -> Result<(), String> {
             return bad(if field == "filter" {
                 format!("invalid jq filter: {e}")
             } else {
-                format!("invalid jq filter in {field:?}: {e}")
+                format!("{field}: invalid jq filter: {e}")
             });
         }
     }
@@ -950,7 +950,7 @@ mod tests {
         let cases = [
             (
                 json!({"id": "b", "kind": "delay", "ms": 0, "depends_on": ["a"], "when": ".x |||"}),
-                "node \"b\": invalid jq filter in \"when\"",
+                "node \"b\": when: invalid jq filter",
             ),
             (
                 json!({"id": "b", "kind": "delay", "ms": 0, "depends_on": ["a"], "trigger": "most_completed"}),
@@ -962,7 +962,7 @@ mod tests {
             ),
             (
                 json!({"id": "b", "kind": "delay", "ms": 0, "foreach": "[1,"}),
-                "node \"b\": invalid jq filter in \"foreach\"",
+                "node \"b\": foreach: invalid jq filter",
             ),
             (
                 json!({"id": "b", "kind": "delay", "ms": 0, "concurrency": 4}),
@@ -990,7 +990,7 @@ mod tests {
             ),
             (
                 json!({"id": "b", "kind": "workflow", "tag": "c", "inputs": "{"}),
-                "node \"b\": invalid jq filter in \"inputs\"",
+                "node \"b\": inputs: invalid jq filter",
             ),
             (
                 json!({"id": "b", "kind": "workflow", "tag": "c", "url": "http://x"}),
@@ -1073,6 +1073,32 @@ mod tests {
         assert!(check_child_graph("r", &chain, 3)
             .unwrap_err()
             .contains("limit is 3"));
+    }
+
+    #[test]
+    fn forbidden_functions_are_refused_naming_node_and_function() {
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "leak", "kind": "transform", "filter": "env | {FLOWCAST_JWT_SECRET}"}
+        ]}))
+        .unwrap_err();
+        assert!(
+            e.starts_with("node \"leak\": invalid jq filter: `env` is not available"),
+            "{e}"
+        );
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "h", "kind": "http", "url_filter": "\"http://x/\\($ENV.HOME)\""}
+        ]}))
+        .unwrap_err();
+        assert!(
+            e.contains("node \"h\": url_filter: invalid jq filter: `$ENV`"),
+            "{e}"
+        );
+        let deep = format!("{}1{}", "[".repeat(800), "]".repeat(800));
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "d", "kind": "transform", "filter": deep}
+        ]}))
+        .unwrap_err();
+        assert!(e.contains("node \"d\"") && e.contains("levels deep"), "{e}");
     }
 
     #[test]

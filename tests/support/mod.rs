@@ -12,6 +12,9 @@
 //!   hand-written requests for what a client library would not send;
 //! - [`ws`]: a real WebSocket client (tokio-tungstenite);
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
+//! - [`cli`]: the command-line client (`flowcast run`, `tail`, ...) run as
+//!   a process, and a TCP proxy that cuts its connections;
+//! - [`history`]: what a completed run's events must be, for any workflow;
 //! - [`wait`]: polling a condition with a deadline.
 //!
 //! [`start`] is the usual first line of a test: a private Redis and a ready
@@ -24,7 +27,9 @@
 
 // Private: re-exported below. A public `redis` would shadow the `redis`
 // crate in every `use crate::support::*`.
+mod cli;
 mod daemon;
+mod history;
 mod http;
 mod metrics;
 mod redis;
@@ -34,7 +39,9 @@ mod ws;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use self::cli::*;
 pub use self::daemon::*;
+pub use self::history::*;
 pub use self::http::*;
 pub use self::metrics::*;
 pub use self::redis::*;

@@ -4,10 +4,14 @@
 //!
 //! - [`state`]: [`AppState`], what every handler shares, and the limits;
 //! - [`error`]: [`ApiError`], the one mapping from errors to JSON responses;
-//! - [`auth`]: the caller's username (`X-User-ID`);
+//! - [`auth`]: the caller's username (`X-User-ID` or a token's subject), and
+//!   [`auth::stream_user`], the one rule for the user of a WebSocket or SSE
+//!   request;
 //! - [`api`]: the REST API under `/api/v1`;
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`ws`]: the `/ws` upgrade and its query parameters;
+//! - [`resume`]: `last_event_id` checked and turned into a paged replay, for
+//!   every transport;
 //! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection;
 //! - [`views`]: the JSON shapes of runs served by the REST API.
 //!
@@ -18,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod resume;
 pub mod session;
 pub mod state;
 pub mod views;

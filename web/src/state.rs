@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix::Addr;
 use flowcast_actors::metrics::Metrics;
 use flowcast_actors::runner::Runner;
+use flowcast_actors::store::runs::RunQuota;
 use flowcast_actors::subscriber::Subscriber;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,8 @@ pub struct Limits {
     pub max_list: usize,
     /// How deeply child workflows may nest (`--max-child-depth`).
     pub max_child_depth: u32,
+    /// Each user's run quotas (active runs, runs per second).
+    pub run_quota: RunQuota,
 }
 
 impl Default for Limits {
@@ -31,6 +34,7 @@ impl Default for Limits {
             max_nodes: flowcast_actors::workflow::DEFAULT_MAX_NODES,
             max_list: 1000,
             max_child_depth: flowcast_actors::workflow::DEFAULT_MAX_CHILD_DEPTH,
+            run_quota: RunQuota::default(),
         }
     }
 }
@@ -48,6 +52,8 @@ pub struct WsConfig {
     pub max_frame_bytes: usize,
     /// Kernel timeout for unacknowledged data (cuts peers that stopped reading).
     pub tcp_user_timeout: Duration,
+    /// `--retention`: how old the oldest event a replay can find may be.
+    pub retention: Duration,
 }
 
 impl Default for WsConfig {
@@ -58,6 +64,7 @@ impl Default for WsConfig {
             max_queue_msgs: 1024,
             max_frame_bytes: 64 * 1024,
             tcp_user_timeout: Duration::from_secs(60),
+            retention: flowcast_actors::store::Retention::DEFAULT_KEEP,
         }
     }
 }
