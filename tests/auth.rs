@@ -2,26 +2,14 @@
 //! the username is the token's subject and a mismatching `username` is
 //! refused.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{encode, EncodingKey, Header};
-use serde_json::json;
+use std::time::Duration;
 
 use crate::support::*;
 
 const SECRET: &str = "a-test-secret-of-32-bytes-length";
 
 fn token(sub: &str, secret: &str, exp_in_s: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    encode(
-        &Header::default(),
-        &json!({"sub": sub, "exp": now + exp_in_s}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    jwt(sub, secret, exp_in_s)
 }
 
 async fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> Resp {

@@ -12,3 +12,4 @@ mod recovery;
 mod replay;
 mod runs;
 mod seed;
+mod sse;

@@ -11,6 +11,7 @@
 //! - [`http`]: REST calls, the workflow/run helpers, readiness, and raw
 //!   hand-written requests for what a client library would not send;
 //! - [`ws`]: a real WebSocket client (tokio-tungstenite);
+//! - [`sse`]: a real Server-Sent Events client (awc, parsed as `EventSource` does);
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
 //! - [`wait`]: polling a condition with a deadline.
 //!
@@ -28,6 +29,7 @@ mod daemon;
 mod http;
 mod metrics;
 mod redis;
+mod sse;
 mod wait;
 mod ws;
 
@@ -38,6 +40,7 @@ pub use self::daemon::*;
 pub use self::http::*;
 pub use self::metrics::*;
 pub use self::redis::*;
+pub use self::sse::*;
 pub use self::wait::*;
 pub use self::ws::*;
 
@@ -61,4 +64,19 @@ pub async fn start(extra: &[&str]) -> (Redis, Daemon) {
     let daemon = Daemon::start(&redis, extra);
     wait_ready(&daemon).await;
     (redis, daemon)
+}
+
+/// An HS256 token for `sub`, signed with `secret`, expiring in `exp_in_s`
+/// seconds (negative: already expired).
+pub fn jwt(sub: &str, secret: &str, exp_in_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": sub, "exp": now + exp_in_s}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }

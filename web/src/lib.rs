@@ -8,7 +8,10 @@
 //! - [`api`]: the REST API under `/api/v1`;
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`ws`]: the `/ws` upgrade and its query parameters;
-//! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection;
+//! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection,
+//!   and [`session::Resume`], the history/live seam both transports share;
+//! - [`sse`]: `GET /events`, Server-Sent Events, and [`sse::SseSession`], the
+//!   actor of one stream (joins the Fanout like a WebSocket session);
 //! - [`views`]: the JSON shapes of runs served by the REST API.
 //!
 //! [`configure_api`] and [`configure_ws`] mount these on the two listeners;
@@ -19,6 +22,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod session;
+pub mod sse;
 pub mod state;
 pub mod views;
 pub mod ws;
@@ -62,11 +66,16 @@ pub fn configure_api(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-/// Mounts `/ws` and health routes (the fan-out listener).
+/// Mounts `/ws`, `/events` and health routes (the fan-out listener).
 pub fn configure_ws(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         common(cfg, &st);
         cfg.route("/ws", web::get().to(ws::ws_index))
+            .service(
+                web::resource("/events")
+                    .route(web::get().to(sse::events))
+                    .route(web::method(actix_web::http::Method::OPTIONS).to(sse::preflight)),
+            )
             .default_service(web::to(no_route));
     }
 }

@@ -13,7 +13,8 @@
 //! With `last_event_id`, the session first replays history: it joins (so
 //! live events are buffered), reads the user's history stream after the
 //! given id, sends it, then releases the buffered live events newer than the
-//! last replayed one. No gap, no duplicate.
+//! last replayed one. No gap, no duplicate. [`Resume`] is that hold-back
+//! buffer, shared with the SSE session (`crate::sse`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use bytestring::ByteString;
 use flowcast_actors::fanout::{CloseSession, Filter, Frame, CLOSE_SLOW_CONSUMER};
 use flowcast_actors::metrics::Metrics;
 use flowcast_actors::subscriber::{Leave, Subscriber};
@@ -33,9 +33,62 @@ use crate::state::WsConfig;
 #[rtype(result = "()")]
 pub struct Replay {
     /// History frames after the client's last id, in order.
-    pub frames: Vec<ByteString>,
+    pub frames: Vec<Frame>,
     /// Id of the last replayed event (empty if none).
     pub last_id: String,
+}
+
+/// Live frames held back while a session replays history; both transports
+/// use it, so their seam between history and live is the same.
+pub struct Resume {
+    held: Option<Vec<Frame>>,
+    max: usize,
+}
+
+/// What to do with a live frame.
+pub enum Admit {
+    /// Send it now.
+    Send(Frame),
+    /// Held until the replay is done.
+    Held,
+    /// More than the queue bound is held: the client is too slow.
+    Overflow,
+}
+
+impl Resume {
+    /// A buffer that holds frames (at most `max`) when `replaying`.
+    pub fn new(replaying: bool, max: usize) -> Self {
+        Self {
+            held: replaying.then(Vec::new),
+            max,
+        }
+    }
+
+    /// Takes a live frame.
+    pub fn admit(&mut self, frame: Frame) -> Admit {
+        match &mut self.held {
+            None => Admit::Send(frame),
+            Some(held) if held.len() >= self.max => Admit::Overflow,
+            Some(held) => {
+                held.push(frame);
+                Admit::Held
+            }
+        }
+    }
+
+    /// Ends the replay: the replayed frames, then the held live frames newer
+    /// than the last replayed one, in order; later frames go out at once.
+    pub fn release(&mut self, r: Replay) -> impl Iterator<Item = Frame> {
+        let held = self.held.take().unwrap_or_default();
+        let last_id = r.last_id;
+        r.frames
+            .into_iter()
+            .chain(held.into_iter().filter(move |f| {
+                // History ids and live ids come from the same stream: compare them.
+                last_id.is_empty()
+                    || flowcast_actors::store::history::id_after(&f.0.event_id, &last_id)
+            }))
+    }
 }
 
 /// The session actor.
@@ -53,7 +106,7 @@ pub struct WsSession {
     /// Metrics.
     pub metrics: Metrics,
     /// Live frames held back while history is replayed.
-    pub held: Option<Vec<Frame>>,
+    pub resume: Resume,
     /// Last time the peer showed life.
     pub last_seen: Instant,
     /// Shared with the Fanout: set once the mailbox has its real bound.
@@ -102,20 +155,18 @@ impl Handler<Frame> for WsSession {
     type Result = ();
 
     fn handle(&mut self, frame: Frame, ctx: &mut Self::Context) {
-        if let Some(held) = &mut self.held {
-            if held.len() >= self.cfg.max_queue_msgs {
+        match self.resume.admit(frame) {
+            Admit::Send(f) => ctx.text(f.0.text.clone()),
+            Admit::Held => {}
+            Admit::Overflow => {
                 self.metrics.slow_consumer_closes.inc();
                 self.close(
                     CLOSE_SLOW_CONSUMER,
                     "slow consumer: too many live events during replay",
                     ctx,
                 );
-                return;
             }
-            held.push(frame);
-            return;
         }
-        ctx.text(frame.0.text.clone());
     }
 }
 
@@ -123,16 +174,8 @@ impl Handler<Replay> for WsSession {
     type Result = ();
 
     fn handle(&mut self, r: Replay, ctx: &mut Self::Context) {
-        for f in r.frames {
-            ctx.text(f);
-        }
-        for f in self.held.take().unwrap_or_default() {
-            // History ids and live ids come from the same stream: compare them.
-            if r.last_id.is_empty()
-                || flowcast_actors::store::history::id_after(&f.0.event_id, &r.last_id)
-            {
-                ctx.text(f.0.text.clone());
-            }
+        for f in self.resume.release(r) {
+            ctx.text(f.0.text.clone());
         }
     }
 }

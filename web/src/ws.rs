@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix::{Addr, Recipient};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
@@ -17,12 +18,12 @@ use bytestring::ByteString;
 use flowcast_actors::event::EventBody;
 use flowcast_actors::fanout::{CloseSession, Filter, Frame, SessionHandle};
 use flowcast_actors::store;
-use flowcast_actors::subscriber::{Join, JoinError};
+use flowcast_actors::subscriber::{Join, JoinError, Subscriber};
 use flowcast_actors::user::validate_username;
 
 use crate::auth::{ws_user, Auth};
 use crate::error::ApiError;
-use crate::session::{Replay, WsSession};
+use crate::session::{Replay, Resume, WsSession};
 use crate::state::AppState;
 
 /// History entries read per page while replaying.
@@ -95,19 +96,10 @@ pub fn parse_query(qs: &str, auth: &Auth) -> Result<WsQuery, ApiError> {
             Some(r.clone())
         }
     };
-    let last_event_id = match q.get("last_event_id") {
-        None => None,
-        Some(id) if id == "0" || id == "0-0" => Some("0-0".to_owned()),
-        Some(id) => {
-            store::history::parse_id(id).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_last_event_id",
-                    format!("last_event_id {id:?} is not an event id (like 1700000000000-0)"),
-                )
-            })?;
-            Some(id.clone())
-        }
-    };
+    let last_event_id = q
+        .get("last_event_id")
+        .map(|id| parse_last_event_id(id))
+        .transpose()?;
     Ok(WsQuery {
         username,
         filter: Filter { types, run_id },
@@ -115,16 +107,27 @@ pub fn parse_query(qs: &str, auth: &Auth) -> Result<WsQuery, ApiError> {
     })
 }
 
-/// The `/ws` handler.
-pub async fn ws_index(
-    req: HttpRequest,
-    stream: web::Payload,
-    st: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let q = parse_query(req.query_string(), &st.auth)?;
+/// Checks a resume position (`last_event_id`, or SSE's `Last-Event-ID`):
+/// a history id, or `0` for the whole history.
+pub fn parse_last_event_id(id: &str) -> Result<String, ApiError> {
+    if id == "0" || id == "0-0" {
+        return Ok("0-0".to_owned());
+    }
+    store::history::parse_id(id).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_last_event_id",
+            format!("last_event_id {id:?} is not an event id (like 1700000000000-0)"),
+        )
+    })?;
+    Ok(id.to_owned())
+}
+
+/// The Subscriber that new sessions join: a 404 on an instance without
+/// fan-out (role runner), a 503 once a drain has begun.
+pub fn fanout_of(st: &AppState) -> Result<Addr<Subscriber>, ApiError> {
     let Some(subscriber) = st.subscriber.clone() else {
         return Err(ApiError::not_found(
-            "this instance serves no WebSockets (role runner)",
+            "this instance serves no event streams (role runner)",
         ));
     };
     if st.shutdown.is_cancelled() {
@@ -132,34 +135,39 @@ pub async fn ws_index(
             "the server is shutting down; reconnect to another instance",
         ));
     }
-    let id = st.next_session.fetch_add(1, Ordering::Relaxed);
-    let started = Arc::new(AtomicBool::new(false));
-    let session = WsSession {
-        id,
-        user: q.username.clone(),
-        filter: q.filter.clone(),
-        subscriber: subscriber.clone(),
-        cfg: st.ws.clone(),
-        metrics: st.metrics.clone(),
-        held: q.last_event_id.as_ref().map(|_| Vec::new()),
-        last_seen: Instant::now(),
-        started: started.clone(),
-    };
-    let (addr, resp) = ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(st.ws.max_frame_bytes)
-        .start_with_addr()
-        .map_err(|e| {
-            ApiError::bad_request(
-                "not_websocket",
-                format!("expected a WebSocket upgrade: {e}"),
-            )
-        })?;
+    Ok(subscriber)
+}
+
+/// How the Fanout and the replay reach one session actor, whatever its
+/// transport.
+pub struct SessionEnds {
+    /// The session's bounded mailbox for live frames.
+    pub frames: Recipient<Frame>,
+    /// Close orders.
+    pub close: Recipient<CloseSession>,
+    /// The replay's result.
+    pub replay: Recipient<Replay>,
+    /// Set by the session once its mailbox has its real bound.
+    pub started: Arc<AtomicBool>,
+}
+
+/// Joins a started session actor to its user's Fanout and, when it resumes
+/// from `last_event_id`, reads the history for it: the step both `/ws` and
+/// SSE take once their actor exists. An error is answered before the
+/// stream starts.
+pub async fn join(
+    st: &AppState,
+    subscriber: &Addr<Subscriber>,
+    id: u64,
+    q: WsQuery,
+    ends: SessionEnds,
+) -> Result<(), ApiError> {
     let handle = SessionHandle {
         id,
-        frames: addr.clone().recipient(),
-        close: addr.clone().recipient(),
+        frames: ends.frames,
+        close: ends.close.clone(),
         filter: q.filter.clone(),
-        started,
+        started: ends.started,
     };
     match subscriber
         .send(Join {
@@ -189,10 +197,10 @@ pub async fn ws_index(
         let user = q.username;
         actix_rt::spawn(async move {
             match replay(&mut conn, &user, &after, &filter).await {
-                Ok(r) => addr.do_send(r),
+                Ok(r) => ends.replay.do_send(r),
                 Err(e) => {
                     log::warn!("session {id}: replay for {user} failed: {e}");
-                    addr.do_send(CloseSession {
+                    ends.close.do_send(CloseSession {
                         code: 1011,
                         reason: "history unavailable; retry",
                     });
@@ -200,6 +208,52 @@ pub async fn ws_index(
             }
         });
     }
+    Ok(())
+}
+
+/// The `/ws` handler.
+pub async fn ws_index(
+    req: HttpRequest,
+    stream: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = parse_query(req.query_string(), &st.auth)?;
+    let subscriber = fanout_of(&st)?;
+    let id = st.next_session.fetch_add(1, Ordering::Relaxed);
+    let started = Arc::new(AtomicBool::new(false));
+    let session = WsSession {
+        id,
+        user: q.username.clone(),
+        filter: q.filter.clone(),
+        subscriber: subscriber.clone(),
+        cfg: st.ws.clone(),
+        metrics: st.metrics.clone(),
+        resume: Resume::new(q.last_event_id.is_some(), st.ws.max_queue_msgs),
+        last_seen: Instant::now(),
+        started: started.clone(),
+    };
+    let (addr, resp) = ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(st.ws.max_frame_bytes)
+        .start_with_addr()
+        .map_err(|e| {
+            ApiError::bad_request(
+                "not_websocket",
+                format!("expected a WebSocket upgrade: {e}"),
+            )
+        })?;
+    join(
+        &st,
+        &subscriber,
+        id,
+        q,
+        SessionEnds {
+            frames: addr.clone().recipient(),
+            close: addr.clone().recipient(),
+            replay: addr.recipient(),
+            started,
+        },
+    )
+    .await?;
     Ok(resp)
 }
 
@@ -213,7 +267,7 @@ async fn replay(
 ) -> flowcast_actors::Result<Replay> {
     let mut frames = Vec::new();
     if let Some(oldest) = store::history::gap(conn, user, after).await? {
-        frames.push(ByteString::from(
+        frames.extend(Frame::parse(ByteString::from(
             serde_json::json!({
                 "type": "replay_gap",
                 "requested_after": after,
@@ -221,7 +275,7 @@ async fn replay(
                 "message": "events after last_event_id were trimmed from history; replay starts at oldest_available",
             })
             .to_string(),
-        ));
+        )));
     }
     let mut cursor = after.to_owned();
     loop {
@@ -231,7 +285,7 @@ async fn replay(
             cursor = id;
             if let Some(f) = Frame::parse(ByteString::from(text)) {
                 if filter.matches(&f.0) {
-                    frames.push(f.0.text.clone());
+                    frames.push(f);
                 }
             }
         }

@@ -53,6 +53,23 @@ pub async fn read<C: ConnectionLike + Send + Sync>(
         .collect())
 }
 
+/// The id of the newest event in a user's history (`None` while empty):
+/// where a stream that starts live stands, so that it can resume from there.
+pub async fn newest<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    user: &str,
+) -> Result<Option<String>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys::history(user))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(reply.ids.into_iter().next().map(|e| e.id))
+}
+
 /// Whether events after `after` may have been trimmed from a user's
 /// history: true when entries were trimmed and the oldest entry still held
 /// comes after `after`. Returns that oldest id.
