@@ -5,6 +5,7 @@
 mod support;
 
 mod auth;
+mod dashboard;
 mod egress;
 mod errors;
 mod fanout;

@@ -11,6 +11,7 @@
 //! - [`http`]: REST calls, the workflow/run helpers, readiness, and raw
 //!   hand-written requests for what a client library would not send;
 //! - [`ws`]: a real WebSocket client (tokio-tungstenite);
+//! - [`browser`]: headless Chromium through chromedriver (fantoccini);
 //! - [`sse`]: a real Server-Sent Events client (awc, parsed as `EventSource` does);
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
 //! - [`wait`]: polling a condition with a deadline.
@@ -25,6 +26,7 @@
 
 // Private: re-exported below. A public `redis` would shadow the `redis`
 // crate in every `use crate::support::*`.
+mod browser;
 mod daemon;
 mod http;
 mod metrics;
@@ -36,6 +38,7 @@ mod ws;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use self::browser::*;
 pub use self::daemon::*;
 pub use self::http::*;
 pub use self::metrics::*;
@@ -79,4 +82,14 @@ pub fn jwt(sub: &str, secret: &str, exp_in_s: i64) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
+}
+
+/// A port free on 127.0.0.1 right now (for a daemon that must come back on
+/// the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -12,13 +12,15 @@
 //!   and [`session::Resume`], the history/live seam both transports share;
 //! - [`sse`]: `GET /events`, Server-Sent Events, and [`sse::SseSession`], the
 //!   actor of one stream (joins the Fanout like a WebSocket session);
-//! - [`views`]: the JSON shapes of runs served by the REST API.
+//! - [`views`]: the JSON shapes of runs served by the REST API;
+//! - [`dashboard`]: the dashboard page at `/` and its built-in assets.
 //!
 //! [`configure_api`] and [`configure_ws`] mount these on the two listeners;
 //! the daemon (`src/`) builds the servers.
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod session;
@@ -57,11 +59,12 @@ async fn no_route(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse
     )))
 }
 
-/// Mounts the REST API and health routes (the API listener).
+/// Mounts the REST API, health routes and the dashboard (the API listener).
 pub fn configure_api(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         common(cfg, &st);
         cfg.configure(api::configure)
+            .configure(dashboard::configure)
             .default_service(web::to(no_route));
     }
 }

@@ -6,8 +6,9 @@ use flowcast_actors::store::runs::RunSummary;
 use flowcast_actors::store::{NodeRecord, RunRecord};
 use serde_json::{json, Map, Value};
 
-/// `GET /api/v1/runs/{id}`: status, counter, inputs and every node's state
-/// (nodes not reached yet are `waiting`).
+/// `GET /api/v1/runs/{id}`: status, counter, inputs, every node's state
+/// (nodes not reached yet are `waiting`) and the workflow snapshot the run
+/// executes (its graph, for the dashboard).
 pub fn run(r: &RunRecord) -> Value {
     let nodes: Map<String, Value> = r
         .workflow
@@ -30,6 +31,7 @@ pub fn run(r: &RunRecord) -> Value {
         "created_ms": r.created_ms,
         "inputs": r.inputs,
         "nodes": nodes,
+        "workflow": r.workflow,
     })
 }
 

@@ -85,6 +85,12 @@ pub struct RunSummary {
     pub counter: Option<u32>,
     /// When it was accepted, Unix ms.
     pub created_ms: Option<u64>,
+    /// Its workflow's number of nodes.
+    pub nodes: Option<u32>,
+    /// Nodes completed so far.
+    pub done: Option<u32>,
+    /// When it ended, Unix ms (absent while it runs).
+    pub ended_ms: Option<u64>,
 }
 
 /// Reads a run; `None` if it does not exist.
@@ -157,6 +163,7 @@ pub async fn enqueue<C: ConnectionLike + Send + Sync>(
                 (field::COUNTER, "0"),
                 (field::SEQ, "0"),
                 (field::CREATED_MS, &created_ms.to_string()),
+                (field::NODES, &workflow.nodes.len().to_string()),
                 (field::WORKFLOW, &wf),
                 (field::INPUTS, &inputs.to_string()),
             ],
@@ -265,23 +272,44 @@ pub async fn list<C: ConnectionLike + Send + Sync>(
     for id in &ids {
         pipe.hmget(
             keys::run(id),
-            &[field::TAG, field::STATUS, field::COUNTER, field::CREATED_MS],
+            &[
+                field::TAG,
+                field::STATUS,
+                field::COUNTER,
+                field::CREATED_MS,
+                field::NODES,
+                field::DONE,
+                field::ENDED_MS,
+            ],
         );
     }
-    type Row = (Option<String>, Option<String>, Option<u32>, Option<u64>);
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<u32>,
+        Option<u64>,
+        Option<u32>,
+        Option<u32>,
+        Option<u64>,
+    );
     let rows: Vec<Row> = pipe.query_async(conn).await?;
     Ok(ids
         .into_iter()
         .zip(rows)
-        .filter_map(|(run_id, (tag, status, counter, created_ms))| {
-            Some(RunSummary {
-                run_id,
-                tag: tag?,
-                status: status?,
-                counter,
-                created_ms,
-            })
-        })
+        .filter_map(
+            |(run_id, (tag, status, counter, created_ms, nodes, done, ended_ms))| {
+                Some(RunSummary {
+                    run_id,
+                    tag: tag?,
+                    status: status?,
+                    counter,
+                    created_ms,
+                    nodes,
+                    done,
+                    ended_ms,
+                })
+            },
+        )
         .collect())
 }
 
