@@ -350,3 +350,46 @@ async fn sigterm_ends_streams_with_a_reason() {
         .wait_exit(Duration::from_secs(40))
         .is_some_and(|s| s.success()));
 }
+
+#[actix_rt::test]
+async fn bench_fanout_measures_sse_and_websocket_on_the_same_scenario() {
+    let (redis, d) = start(&[]).await;
+    let http = d.ws.replace("ws://", "http://");
+    for url in [
+        format!("{http}/events?username={{user}}"),
+        format!("{}/ws?username={{user}}", d.ws),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowcast"))
+            .args([
+                "bench",
+                "fanout",
+                "--url",
+                &url,
+                "--redis-url",
+                &redis.url(),
+            ])
+            .args([
+                "--users",
+                "2",
+                "-c",
+                "6",
+                "--rate",
+                "200",
+                "--duration",
+                "1",
+            ])
+            .args(["--settle-ms", "500", "--source-ips", "0"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{url}: {stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["established"], 6, "{url}: {report}");
+        assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["lost"], 0, "{url}: {report}");
+        assert_eq!(report["duplicates"], 0, "{url}: {report}");
+        assert_eq!(report["misrouted"], 0, "{url}: {report}");
+    }
+    assert_no_panic(&d);
+}
