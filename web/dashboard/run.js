@@ -90,17 +90,19 @@ export class RunPage {
           h('span', { class: 'grow' }), this.cancelBtn),
         this.message),
       h('div', { class: 'run-grid' },
-        h('section', { class: 'panel graph', 'aria-label': 'graph' }, h('div', { class: 'scroll dag-wrap' }, this.svg)),
+        h('div', {},
+          h('section', { class: 'panel graph', 'aria-label': 'graph' },
+            h('div', { class: 'scroll dag-wrap' }, this.svg)),
+          h('section', { class: 'panel', 'aria-labelledby': 'log-h' },
+            h('h3', { id: 'log-h' }, 'Events'), this.filters,
+            h('div', { class: 'scroll log-wrap' }, h('table', { class: 'log', id: 'event-log' },
+              h('thead', {}, h('tr', {}, ['#', 'Time', 'Type', 'Node', 'Details']
+                .map((t) => h('th', { scope: 'col' }, t)))),
+              this.log)))),
         h('aside', { class: 'panel side' },
           h('h3', {}, 'Node'), this.detail,
           h('h3', {}, 'Approvals'), this.approvalBox,
-          h('h3', {}, 'Signal'), signalForm)),
-      h('section', { class: 'panel', 'aria-labelledby': 'log-h' },
-        h('h3', { id: 'log-h' }, 'Events'), this.filters,
-        h('div', { class: 'scroll log-wrap' }, h('table', { class: 'log', id: 'event-log' },
-          h('thead', {}, h('tr', {}, ['#', 'Time', 'Type', 'Node', 'Details']
-            .map((t) => h('th', { scope: 'col' }, t)))),
-          this.log))));
+          h('h3', {}, 'Signal'), signalForm)));
     this.ticker = setInterval(() => this.paintRun(), 1000);
   }
 
