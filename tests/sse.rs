@@ -46,19 +46,8 @@ async fn events_are_data_lines_with_their_id_and_no_event_field() {
     )
     .await;
     let ev = s.take(4, T).await;
-    let types: Vec<&str> = ev
-        .iter()
-        .map(|(_, e)| e["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        types,
-        [
-            "workflow_started",
-            "node_completed",
-            "node_completed",
-            "workflow_completed"
-        ]
-    );
+    assert_eq!(seqs_of(&run, &ev), [1, 2, 3, 4]);
+    assert_eq!(ev[3].1["type"], "workflow_completed");
     for (id, e) in &ev {
         assert_eq!(e["run_id"], run.as_str());
         assert_eq!(e["event_id"], id.as_str(), "id: is the event_id");

@@ -215,15 +215,20 @@ pub async fn publish_padded(
     pad: &str,
 ) {
     let mut pipe = redis::pipe();
-    for _ in 0..n {
-        *seq += 1;
-        let e = json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad});
-        pipe.cmd("PUBLISH")
-            .arg(keys::channel(user))
-            .arg(e.to_string())
-            .ignore();
+    for e in padded(run_id, seq, n, pad) {
+        pipe.cmd("PUBLISH").arg(keys::channel(user)).arg(e).ignore();
     }
     pipe.query_async::<()>(conn).await.unwrap();
+}
+
+/// `n` padded `node_completed` events of `run_id`, numbered on from `seq`.
+fn padded(run_id: &str, seq: &mut u64, n: u64, pad: &str) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            *seq += 1;
+            json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad}).to_string()
+        })
+        .collect()
 }
 
 /// Like [`publish_padded`], but each event is also appended to the user's
@@ -242,15 +247,13 @@ pub async fn publish_padded_with_history(
         redis.call('PUBLISH', ARGV[1], string.sub(ARGV[2], 1, -2) .. ',"event_id":"' .. id .. '"}')
         return id"#;
     let mut pipe = redis::pipe();
-    for _ in 0..n {
-        *seq += 1;
-        let e = json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad});
+    for e in padded(run_id, seq, n, pad) {
         pipe.cmd("EVAL")
             .arg(SCRIPT)
             .arg(1)
             .arg(keys::history(user))
             .arg(keys::channel(user))
-            .arg(e.to_string())
+            .arg(e)
             .ignore();
     }
     pipe.query_async::<()>(conn).await.unwrap();

@@ -36,47 +36,28 @@ struct Asset {
     body: &'static str,
 }
 
+/// An asset of `web/dashboard/`, compiled in.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_str!(concat!("../dashboard/", $name)),
+        }
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../dashboard/app.js"),
-    },
-    Asset {
-        name: "dom.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../dashboard/dom.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../dashboard/api.js"),
-    },
-    Asset {
-        name: "graph.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../dashboard/graph.js"),
-    },
-    Asset {
-        name: "runs.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../dashboard/runs.js"),
-    },
-    Asset {
-        name: "run.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../dashboard/run.js"),
-    },
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../dashboard/style.css"),
-    },
-    Asset {
-        name: "favicon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../dashboard/favicon.svg"),
-    },
+    asset!("app.js", JS),
+    asset!("dom.js", JS),
+    asset!("api.js", JS),
+    asset!("graph.js", JS),
+    asset!("runs.js", JS),
+    asset!("run.js", JS),
+    asset!("style.css", "text/css; charset=utf-8"),
+    asset!("favicon.svg", "image/svg+xml"),
 ];
 
 const INDEX: &str = include_str!("../dashboard/index.html");
