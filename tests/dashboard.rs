@@ -363,3 +363,55 @@ async fn render_times_of_a_500_node_dag_and_a_1000_run_list() {
     b.close().await;
     assert_no_panic(&d);
 }
+
+#[actix_rt::test]
+async fn jwt_mode_signs_in_with_a_token_that_leaves_the_address_bar() {
+    const SECRET: &str = "a-dashboard-secret-of-32-bytes!!";
+    let (_redis, d) = start(&["--auth", "jwt", "--jwt-secret", SECRET]).await;
+    let token = jwt("dora", SECRET, 600);
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/?token={token}", d.api))
+        .await
+        .unwrap();
+    b.wait_js(
+        "signed in as the token's subject, live",
+        "return document.getElementById('user')?.textContent === 'dora' && \
+         document.getElementById('live').dataset.state === 'live'",
+    )
+    .await;
+    assert_eq!(
+        b.js("return location.search.includes('token')").await,
+        json!(false),
+        "the token is removed from the URL"
+    );
+    // Runs started elsewhere show up live, over the token's stream.
+    let r = request_with_headers(
+        "POST",
+        &format!("{}/api/v1/runs", d.api),
+        &[("Authorization", format!("Bearer {token}").as_bytes())],
+        Some(r#"{"tag": "flight-search", "inputs": {"city": "Oslo"}}"#),
+    )
+    .await;
+    let run = r.body["run_id"].as_str().unwrap().to_owned();
+    b.wait_js(
+        "the run, completed",
+        &format!(
+            "const r = document.querySelector(\"#runs tr[data-run='{run}']\"); \
+             return !!r && r.cells[2].textContent === 'completed'"
+        ),
+    )
+    .await;
+
+    // A token the server refuses leads back to the sign-in form, saying why.
+    b.js("sessionStorage.setItem('flowcast.token', 'not-a-token'); location.reload(); return null")
+        .await;
+    b.wait_js(
+        "the sign-in form with the reason",
+        "const f = document.getElementById('identity'); \
+         return !!f && f.type === 'password' && document.body.innerText.includes('invalid token')",
+    )
+    .await;
+    b.close().await;
+    assert_no_panic(&d);
+}

@@ -106,8 +106,13 @@ export async function api(method, path, body) {
   }
   if (!r.ok) {
     const e = data && data.error;
-    throw new ApiError(r.status, (e && e.code) || `http_${r.status}`,
+    const err = new ApiError(r.status, (e && e.code) || `http_${r.status}`,
       (e && e.message) || `${r.status} ${r.statusText}`);
+    // The identity itself was refused: back to the sign-in form.
+    if (r.status === 401 || err.code === 'invalid_user') {
+      window.dispatchEvent(new CustomEvent('flowcast:signin', { detail: err.message }));
+    }
+    throw err;
   }
   return data;
 }

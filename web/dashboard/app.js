@@ -103,6 +103,14 @@ async function boot() {
     return;
   }
   window.addEventListener('hashchange', route);
+  window.addEventListener('flowcast:signin', (e) => {
+    if (!session.auth) return;
+    if (live) live.stop();
+    if (page && page.destroy) page.destroy();
+    page = null;
+    signOut();
+    showSignIn(`Signed out: ${e.detail}`);
+  });
   if (readIdentity()) start();
   else showSignIn();
 }

@@ -14,7 +14,8 @@
 //! `onmessage` sees every event); a stream opened without a position starts
 //! with `id: <newest history id>` and no data, which sets the browser's
 //! last id without firing an event, so that even a reconnect before the
-//! first event resumes without a gap. Keep-alive comments (`: keep-alive`)
+//! first event resumes without a gap (while Redis is unreachable it starts
+//! live without one, as a WebSocket does). Keep-alive comments (`: keep-alive`)
 //! go out every heartbeat interval and reveal a peer that went away.
 //!
 //! The bound is the WebSocket one: the actor writes into a channel of
@@ -282,15 +283,21 @@ async fn open(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, ApiError
     }
     let subscriber = fanout_of(st)?;
     // Starting live: stand at the newest event, and take what lands
-    // between that read and the join from history, like a resume.
+    // between that read and the join from history, like a resume. With
+    // Redis away, start live without a position, as a WebSocket does.
     let start_at = match q.last_event_id {
         Some(_) => None,
-        None => {
-            let newest = store::history::newest(&mut st.redis.clone(), &q.username).await?;
-            let at = newest.unwrap_or_else(|| "0-0".to_owned());
-            q.last_event_id = Some(at.clone());
-            Some(at)
-        }
+        None => match store::history::newest(&mut st.redis.clone(), &q.username).await {
+            Ok(newest) => {
+                let at = newest.unwrap_or_else(|| "0-0".to_owned());
+                q.last_event_id = Some(at.clone());
+                Some(at)
+            }
+            Err(e) => {
+                log::debug!("sse: no position for {}: {e}", q.username);
+                None
+            }
+        },
     };
     let id = st.next_session.fetch_add(1, Ordering::Relaxed);
     let started = Arc::new(AtomicBool::new(false));
@@ -301,7 +308,7 @@ async fn open(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, ApiError
         subscriber: subscriber.clone(),
         cfg: st.ws.clone(),
         metrics: st.metrics.clone(),
-        resume: Resume::new(true, st.ws.max_queue_msgs),
+        resume: Resume::new(q.last_event_id.is_some(), st.ws.max_queue_msgs),
         started: started.clone(),
         out: Some(tx),
         start_at,
