@@ -92,10 +92,16 @@ bench_start_redis() {
 }
 
 # flowcast serve --role $1 with the rest as extra flags; sets FLOWCAST_PID.
+# The per-user limits are lifted: the benchmarks put thousands of sockets and
+# hundreds of runs per second on one user, which is what they measure, not
+# what a tenant may do (the defaults are 100 sessions, 1,000 active runs and
+# 100 runs/s per user).
 bench_start_flowcast() {
     local role="$1"; shift
     RUST_LOG="${RUST_LOG:-warn}" "$FLOWCAST" serve --role "$role" --redis-url "$REDIS_URL" \
         --api-addr "127.0.0.1:$API_PORT" --ws-addr "127.0.0.1:$WS_PORT" --workflows-dir "$ROOT/examples/workflows" \
+        --max-sessions-per-user 1000000 --max-active-runs-per-user 1000000 \
+        --max-runs-per-sec-per-user 1000000 \
         "$@" >>"$BENCH_DIR/flowcast.log" 2>&1 &
     FLOWCAST_PID=$!; BENCH_PIDS+=("$FLOWCAST_PID")
     bench_wait_port "$WS_PORT"

@@ -1,6 +1,7 @@
 //! The command line: subcommands and the benchmark tool's arguments. The
 //! daemon's settings are `flowcast::config::ServeConfig`, parsed here as
-//! the `serve` subcommand.
+//! the `serve` subcommand; the client commands (`run`, `runs`, `tail`,
+//! ...) are `crate::client::args::Command`, flattened in.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,13 @@ pub enum Command {
     /// Measure a fan-out server or the runner (a load generator for loopback targets).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A sandboxed jq evaluator: the daemon starts these itself (requests
+    /// on stdin, replies on stdout).
+    #[command(hide = true)]
+    JqWorker,
+    // The client commands (run, runs, tail, ...), listed beside these.
+    #[command(flatten)]
+    Client(crate::client::args::Command),
 }
 
 /// `flowcast bench` subcommands.
@@ -34,6 +42,9 @@ pub enum BenchCommand {
     /// Runner: submit runs, listen on WebSocket, and measure the Redis
     /// ceiling of the writes one node completion needs.
     Runs(Box<RunsArgs>),
+    /// Replay: many WebSocket clients resuming from the start of a long
+    /// history and reading slowly, with the server's peak memory.
+    Replay(Box<ReplayArgs>),
 }
 
 /// `flowcast bench fanout` settings.
@@ -131,6 +142,10 @@ pub struct RunsArgs {
     /// Register and run a generated fan-out: start → N × delay 0 → end.
     #[arg(long)]
     pub wide: Option<usize>,
+    /// With --wide: make every node a transform running this jq filter
+    /// (CPU work or large outputs, e.g. for a fair-share flood).
+    #[arg(long, requires = "wide")]
+    pub wide_filter: Option<String>,
     /// The runs' inputs (JSON object).
     #[arg(long, default_value = r#"{"city":"Paris"}"#)]
     pub inputs: String,
@@ -165,6 +180,45 @@ pub struct RunsArgs {
     #[arg(long, default_value_t = 10_000)]
     pub history_max: u64,
     /// Server process(es) whose RSS and CPU time to report (repeatable).
+    #[arg(long)]
+    pub pid: Vec<u32>,
+    /// Free text copied into the report.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// `flowcast bench replay` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// WebSocket URL template resuming from the start; `{user}` is replaced
+    /// by the bench user.
+    #[arg(
+        long,
+        default_value = "ws://127.0.0.1:8084/ws?username={user}&last_event_id=0"
+    )]
+    pub url: String,
+    /// Redis the server uses (its history stream is filled directly).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Events in the history.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    pub events: u64,
+    /// Padding per event, in bytes.
+    #[arg(long, default_value_t = 4000)]
+    pub pad_bytes: usize,
+    /// Connections replaying at once.
+    #[arg(long, short = 'c', default_value_t = 20)]
+    pub connections: usize,
+    /// Each connection pauses after this many events...
+    #[arg(long, default_value_t = 100)]
+    pub read_batch: u64,
+    /// ...for this long, ms (0: read as fast as possible).
+    #[arg(long, default_value_t = 20)]
+    pub read_pause_ms: u64,
+    /// The bench user's name is this prefix plus a random id.
+    #[arg(long, default_value = "bench-replay-")]
+    pub user_prefix: String,
+    /// Server process(es) whose RSS to sample (repeatable).
     #[arg(long)]
     pub pid: Vec<u32>,
     /// Free text copied into the report.

@@ -14,7 +14,10 @@ use std::time::Duration;
 use clap::ValueEnum;
 use flowcast_actors::egress::EgressPolicy;
 use flowcast_actors::runner::{RunnerConfig, DEFAULT_MAX_OUTPUT_BYTES};
-use flowcast_actors::{publisher, subscriber};
+use flowcast_actors::store::leases::Holder;
+use flowcast_actors::store::runs::RunQuota;
+use flowcast_actors::store::Retention;
+use flowcast_actors::subscriber;
 use flowcast_web::{Limits, WsConfig};
 
 /// How long a drain waits for running work by default.
@@ -84,21 +87,43 @@ pub struct ServeConfig {
     /// Shared HS256 secret that signs tokens (`--auth jwt`).
     #[arg(long, env = "FLOWCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Runner instance name (consumer name and lease holder); keep it stable across restarts.
+    /// Runner instance name, for people (consumer name; leases add a nonce
+    /// per process); keep it stable across restarts.
     #[arg(long, env = "FLOWCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// How long a drain waits for running work, in ms.
     #[arg(long, env = "FLOWCAST_DRAIN_GRACE_MS", default_value_t = ms(DRAIN_GRACE))]
     pub drain_grace_ms: u64,
     /// Events kept per user in the history stream.
-    #[arg(long, env = "FLOWCAST_HISTORY_MAX", default_value_t = publisher::DEFAULT_HISTORY_MAX)]
+    #[arg(long, env = "FLOWCAST_HISTORY_MAX", default_value_t = Retention::DEFAULT_HISTORY_MAX)]
     pub history_max: u64,
+    /// How long a finished run (record, events, outputs no live run holds)
+    /// and a history event are kept: a number and a unit, s, m, h or d
+    /// (30s, 15m, 12h, 7d).
+    #[arg(long, env = "FLOWCAST_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub retention: Duration,
     /// Largest request body, in bytes.
     #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
     /// Most nodes per workflow.
     #[arg(long, env = "FLOWCAST_MAX_NODES", default_value_t = Limits::default().max_nodes)]
     pub max_nodes: usize,
+    /// Most unfinished (queued + running) runs per user; more are refused with 429 `quota_exceeded`.
+    #[arg(
+        long,
+        env = "FLOWCAST_MAX_ACTIVE_RUNS_PER_USER",
+        default_value_t = RunQuota::default().max_active,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_active_runs_per_user: u64,
+    /// Runs a user may start per second (token bucket, bursts of twice that); faster is 429 `rate_limited`.
+    #[arg(
+        long,
+        env = "FLOWCAST_MAX_RUNS_PER_SEC_PER_USER",
+        default_value_t = RunQuota::default().per_sec,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_runs_per_sec_per_user: u64,
     /// Most WebSocket sessions per user per process.
     #[arg(
         long,
@@ -151,7 +176,8 @@ pub struct ServeConfig {
     /// port); set it behind a proxy or on `--role runner` instances.
     #[arg(long, env = "FLOWCAST_EVENTS_URL")]
     pub events_url: Option<String>,
-    /// Largest node output, in bytes; http response bodies are read up to it.
+    /// Largest node output (canonical JSON), in bytes: a node whose output
+    /// is larger fails; http response bodies are read up to it.
     #[arg(long, env = "FLOWCAST_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: usize,
 }
@@ -174,12 +200,58 @@ impl ServeConfig {
     }
 }
 
+/// Longest `--retention` accepted (ten years: beyond it, "forever" is meant,
+/// and Redis expiries would overflow Unix ms arithmetic long before).
+const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// Parses a `--retention` value: a positive whole number and a unit
+/// (`s`, `m`, `h`, `d`).
+pub fn parse_retention(s: &str) -> Result<Duration, String> {
+    let expected = "expected a number and a unit s, m, h or d, like 30s, 15m, 12h or 7d";
+    let unit_at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(unit_at);
+    let secs_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: {expected}")),
+    };
+    let n: u64 = match digits.parse() {
+        Ok(n) if n > 0 => n,
+        _ => return Err(format!("{s:?}: {expected} (at least 1s)")),
+    };
+    match n.checked_mul(secs_per).map(Duration::from_secs) {
+        Some(d) if d <= MAX_RETENTION => Ok(d),
+        _ => Err(format!("{s:?} is longer than the most accepted, 3650d")),
+    }
+}
+
+impl From<&ServeConfig> for Retention {
+    fn from(c: &ServeConfig) -> Self {
+        Self {
+            keep: c.retention,
+            history_max: c.history_max,
+        }
+    }
+}
+
 impl From<&ServeConfig> for Limits {
     fn from(c: &ServeConfig) -> Self {
         Self {
             max_body_bytes: c.max_body_bytes,
             max_nodes: c.max_nodes,
+            run_quota: c.into(),
             ..Self::default()
+        }
+    }
+}
+
+impl From<&ServeConfig> for RunQuota {
+    fn from(c: &ServeConfig) -> Self {
+        Self {
+            max_active: c.max_active_runs_per_user,
+            per_sec: c.max_runs_per_sec_per_user,
         }
     }
 }
@@ -191,6 +263,7 @@ impl From<&ServeConfig> for WsConfig {
             client_timeout: Duration::from_millis(c.client_timeout_ms),
             tcp_user_timeout: Duration::from_millis(c.tcp_user_timeout_ms.max(1000)),
             max_queue_msgs: c.max_queue_msgs.max(1),
+            retention: c.retention,
             ..Self::default()
         }
     }
@@ -199,12 +272,51 @@ impl From<&ServeConfig> for WsConfig {
 impl From<&ServeConfig> for RunnerConfig {
     fn from(c: &ServeConfig) -> Self {
         Self {
-            instance_id: c.instance_id(),
+            // A fresh nonce: this process, as its leases name it.
+            holder: Holder::new(c.instance_id()),
             lease: Duration::from_millis(c.lease_ms.max(1000)),
             max_nodes: c.max_nodes,
             egress: c.http_allow.clone().unwrap_or_default(),
             max_output_bytes: c.max_output_bytes,
             ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_takes_a_number_and_a_unit() {
+        for (s, secs) in [
+            ("30s", 30),
+            ("15m", 900),
+            ("12h", 43_200),
+            ("7d", 604_800),
+            ("1s", 1),
+            ("3650d", 3650 * 86_400),
+        ] {
+            assert_eq!(parse_retention(s), Ok(Duration::from_secs(secs)), "{s}");
+        }
+        for bad in [
+            "",
+            "7",
+            "d",
+            "0s",
+            "-1d",
+            "1.5h",
+            "7 d",
+            " 7d",
+            "7D",
+            "7days",
+            "1w",
+            "3651d",
+            "99999999999999999999d",
+            "18446744073709551615d",
+        ] {
+            let e = parse_retention(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad:?}: {e}");
         }
     }
 }

@@ -116,7 +116,7 @@ async fn the_page_and_its_assets_come_from_the_binary_with_a_strict_csp() {
 #[actix_rt::test]
 async fn a_run_started_from_the_form_is_watched_live_in_a_real_browser() {
     let (_redis, d) = start(&[]).await;
-    register(&d, &demo()).await;
+    register(&d, "alice", &demo()).await;
     let b = Browser::start().await;
     b.client
         .goto(&format!("{}/?username=alice", d.api))
@@ -312,11 +312,13 @@ async fn submit_many(d: &Daemon, user: &str, n: usize) -> Vec<String> {
 
 /// Measures, does not assert: how long the run page takes to render a
 /// 500-node DAG, and the runs page a list of 1,000 runs (route start to
-/// DOM built, REST calls included). The numbers go to stderr.
+/// DOM built, REST calls included). The numbers go to stderr. Then pages
+/// through those runs 25 at a time (`next_cursor`), which it does assert.
 #[actix_rt::test]
 async fn render_times_of_a_500_node_dag_and_a_1000_run_list() {
-    let (_redis, d) = start(&[]).await;
-    register(&d, &wide_dag("wide-500", 25, 20)).await;
+    // A thousand runs of one user: above the default rate limit.
+    let (_redis, d) = start(&["--max-runs-per-sec-per-user", "100000"]).await;
+    register(&d, "meas", &wide_dag("wide-500", 25, 20)).await;
     let big = start_run(&d, "meas", "wide-500", json!({})).await;
     wait_run(&d, "meas", &big, Duration::from_secs(120)).await;
     let t0 = Instant::now();
@@ -354,6 +356,51 @@ async fn render_times_of_a_500_node_dag_and_a_1000_run_list() {
     )
     .await;
     let run_list = b.js("return window.flowcastTimings.runList").await;
+
+    // Pages of 25 follow next_cursor: every run on exactly one page, newest
+    // first, and the last page has no older one.
+    b.js(
+        "const s = document.getElementById('page-size'); s.value = '25'; \
+          s.dispatchEvent(new Event('change')); return null",
+    )
+    .await;
+    let rows = "return [...document.querySelectorAll('#runs tbody tr')].map(r => r.dataset.run)";
+    let mut listed: Vec<String> = Vec::new();
+    let mut first = String::new();
+    loop {
+        b.wait_js(
+            "a page of runs",
+            &format!(
+                "const r = document.querySelectorAll('#runs tbody tr'); \
+                 return r.length > 0 && r.length <= 25 && r[0].dataset.run !== {first:?}"
+            ),
+        )
+        .await;
+        let page: Vec<String> = serde_json::from_value(b.js(rows).await).unwrap();
+        assert!(!listed.contains(&page[0]), "a page came twice");
+        first = page[0].clone();
+        listed.extend(page);
+        if b.js("return document.getElementById('runs-older').disabled")
+            .await
+            == json!(true)
+        {
+            break;
+        }
+        b.click("#runs-older").await;
+    }
+    assert_eq!(listed.len(), 1000, "every run once over the pages");
+    let unique: std::collections::HashSet<&String> = listed.iter().collect();
+    assert_eq!(unique.len(), 1000);
+    assert_eq!(listed.last(), Some(&big), "the oldest run comes last");
+    b.click("#runs-newer").await;
+    b.wait_js(
+        "the page before the last",
+        &format!(
+            "return document.querySelector('#runs tbody tr')?.dataset.run === {:?}",
+            listed[listed.len() - 1 - (listed.len() - 1) % 25 - 25]
+        ),
+    )
+    .await;
     eprintln!(
         "dashboard: run page with a 500-node DAG rendered in {:.0} ms ({run_page}); \
          list of 1,000 runs rendered in {:.0} ms ({run_list})",

@@ -155,7 +155,7 @@ async fn run_node(d: &Daemon, tag: &str, node: Value) -> (Value, Vec<Value>) {
     if node.get("retry").is_none() {
         node["retry"] = json!({"max_attempts": 3, "backoff_ms": 1});
     }
-    register(d, &json!({"tag": tag, "nodes": [node]})).await;
+    register(d, "eve", &json!({"tag": tag, "nodes": [node]})).await;
     let run = start_run(d, "eve", tag, json!({})).await;
     let view = wait_run(d, "eve", &run, T).await;
     let events = run_events(d, "eve", &run).await;

@@ -247,31 +247,31 @@ async fn invalid_workflows_are_422_naming_the_node() {
     ];
     for (tag, nodes, mentions) in cases {
         let url = format!("{}/api/v1/workflows/{tag}", d.api);
-        let r = put(&url, Some("admin"), &json!({"tag": tag, "nodes": nodes})).await;
+        let r = put(&url, Some("alice"), &json!({"tag": tag, "nodes": nodes})).await;
         assert_error(&r, 422, &mentions);
         // Nothing was registered.
-        let r = get(&url, Some("admin")).await;
+        let r = get(&url, Some("alice")).await;
         assert_error(&r, 404, &[tag]);
     }
 
     // The path's tag and the body's must agree; a bad tag in the path is 400.
     let r = put(
         &format!("{}/api/v1/workflows/one", d.api),
-        Some("admin"),
+        Some("alice"),
         &json!({"tag": "other", "nodes": [delay("a", &[])]}),
     )
     .await;
     assert_error(&r, 422, &["one", "other"]);
     let r = put(
         &format!("{}/api/v1/workflows/a%20b", d.api),
-        Some("admin"),
+        Some("alice"),
         &json!({"nodes": [delay("a", &[])]}),
     )
     .await;
     assert_error(&r, 400, &["tag"]);
     let r = put(
         &format!("{}/api/v1/workflows/arr", d.api),
-        Some("admin"),
+        Some("alice"),
         &json!([1]),
     )
     .await;
@@ -281,7 +281,7 @@ async fn invalid_workflows_are_422_naming_the_node() {
     let nodes: Vec<Value> = (0..5).map(|i| delay(&format!("n{i}"), &[])).collect();
     let r = put(
         &format!("{}/api/v1/workflows/five", d.api),
-        Some("admin"),
+        Some("alice"),
         &json!({"nodes": nodes}),
     )
     .await;

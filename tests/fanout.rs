@@ -122,6 +122,7 @@ async fn types_and_run_id_filters_are_applied_server_side() {
     let (redis, d) = start(&[]).await;
     register(
         &d,
+        "carol",
         &json!({"tag": "hold", "nodes": [{"id": "wait", "kind": "delay", "ms": 3_600_000}]}),
     )
     .await;

@@ -5,12 +5,18 @@
 mod support;
 
 mod auth;
+mod cli;
 mod dashboard;
 mod egress;
 mod errors;
 mod fanout;
+mod limits;
 mod recovery;
 mod replay;
+mod retention;
+mod runner;
 mod runs;
+mod sandbox;
 mod seed;
 mod sse;
+mod tenancy;

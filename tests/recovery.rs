@@ -51,7 +51,7 @@ async fn kill9_mid_flight(first: &[&str], second: &[&str]) {
     const RUNS: usize = 60;
     let (redis, mut d) = start(first).await;
     let mut conn = redis.conn();
-    register(&d, &chain("chain5", NODES, 150)).await;
+    register(&d, USER, &chain("chain5", NODES, 150)).await;
     let ids = start_runs(&d, "chain5", RUNS).await;
 
     // Some nodes have completed, and not every run has.
@@ -87,7 +87,7 @@ async fn a_frozen_runner_that_wakes_after_a_takeover_changes_nothing() {
     const RUNS: usize = 30;
     let (redis, mut a) = start(&["--instance-id", "runner-a", "--lease-ms", "2000"]).await;
     let mut conn = redis.conn();
-    register(&a, &chain("chain5", NODES, 150)).await;
+    register(&a, USER, &chain("chain5", NODES, 150)).await;
     let ids = start_runs(&a, "chain5", RUNS).await;
     wait_until("a node_completed with runs unfinished", FINISH, || {
         let (nodes_done, runs_done) = progress(&mut conn, &ids);
@@ -143,7 +143,7 @@ async fn pending_requests_taken_over(dead: &str, second: &[&str]) {
     const RUNS: usize = 50;
     let (redis, mut d) = start(&["--instance-id", dead, "--lease-ms", "2000"]).await;
     let mut conn = redis.conn();
-    register(&d, &chain("chain3", NODES, 50)).await;
+    register(&d, USER, &chain("chain3", NODES, 50)).await;
     // Some runs the runner takes up normally (it dies in the middle of them).
     let mut ids = start_runs(&d, "chain3", RUNS).await;
     // Then its reads stop working (the REST edge still accepts runs), so
@@ -222,7 +222,7 @@ async fn pending_requests_taken_over(dead: &str, second: &[&str]) {
 async fn redis_restart_loses_no_accepted_run_and_answers_503_meanwhile() {
     const NODES: usize = 3;
     let (mut redis, mut d) = start(&[]).await;
-    register(&d, &chain("chain3", NODES, 100)).await;
+    register(&d, USER, &chain("chain3", NODES, 100)).await;
 
     // A client that keeps starting runs throughout, remembering what it was told.
     let stop = Rc::new(RefCell::new(false));
@@ -322,8 +322,8 @@ async fn sigterm_drains_exits_0_and_the_next_start_finishes_the_rest() {
     let (redis, mut d) = start(&["--instance-id", "runner-a", "--drain-grace-ms", "5000"]).await;
     let mut conn = redis.conn();
     // Short runs finish within the grace; long ones (4 × 2 s) cannot.
-    register(&d, &chain("short", 2, 100)).await;
-    register(&d, &chain("long", 4, 2000)).await;
+    register(&d, USER, &chain("short", 2, 100)).await;
+    register(&d, USER, &chain("long", 4, 2000)).await;
     let mut short = start_runs(&d, "short", 20).await;
     let long = start_runs(&d, "long", 20).await;
     let all: Vec<String> = short.iter().chain(&long).cloned().collect();
@@ -398,7 +398,7 @@ async fn sigterm_with_redis_down_still_exits_0_within_the_grace() {
     let (mut redis, mut d) =
         start(&["--instance-id", "runner-a", "--drain-grace-ms", "3000"]).await;
     let mut conn = redis.conn();
-    register(&d, &chain("chain3", 3, 300)).await;
+    register(&d, USER, &chain("chain3", 3, 300)).await;
     let ids = start_runs(&d, "chain3", 10).await;
     wait_until("runs started", FINISH, || {
         ids.iter().all(|id| run_status(&mut conn, id) == "running")
@@ -429,7 +429,7 @@ async fn sigterm_with_redis_down_still_exits_0_within_the_grace() {
 async fn second_signal_exits_at_once_and_nothing_is_lost() {
     let (redis, mut d) = start(&["--instance-id", "runner-a", "--drain-grace-ms", "60000"]).await;
     let mut conn = redis.conn();
-    register(&d, &chain("long", 3, 1500)).await;
+    register(&d, USER, &chain("long", 3, 1500)).await;
     let ids = start_runs(&d, "long", 10).await;
     wait_until("runs started", FINISH, || {
         ids.iter().all(|id| run_status(&mut conn, id) == "running")
@@ -481,7 +481,7 @@ async fn metrics_are_prometheus_text_and_count_the_work() {
     const NODES: usize = 3;
     const RUNS: usize = 5;
     let (_redis, d) = start(&[]).await;
-    register(&d, &chain("chain3", NODES, 20)).await;
+    register(&d, USER, &chain("chain3", NODES, 20)).await;
     let before = scrape(&d).await;
 
     let ids = start_runs(&d, "chain3", RUNS).await;

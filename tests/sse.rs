@@ -2,6 +2,8 @@
 //! HTTP client parsing the stream as `EventSource` does. The same events,
 //! filters, identity rules, resume and slow-client bound as `/ws`.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -64,8 +66,8 @@ async fn events_are_data_lines_with_their_id_and_no_event_field() {
 #[actix_rt::test]
 async fn a_dropped_stream_resumes_with_last_event_id_exactly_once_in_order() {
     let (_redis, d) = start(&[]).await;
-    register(&d, &line("sse-line", 30, 15)).await;
     let user = "resumer";
+    register(&d, user, &line("sse-line", 30, 15)).await;
     let path = format!("/events?username={user}");
 
     // Dropped before any event: the position alone resumes without a gap.
@@ -176,6 +178,17 @@ async fn bad_requests_are_refused_before_the_stream_starts() {
         (
             "/events?username=a",
             vec![("Last-Event-ID", "not-an-id")],
+            "invalid_last_event_id",
+        ),
+        // Later than any event this server can have sent, as on /ws.
+        (
+            "/events?username=a&last_event_id=18446744073709551615-18446744073709551615",
+            vec![],
+            "invalid_last_event_id",
+        ),
+        (
+            "/events?username=a",
+            vec![("Last-Event-ID", "18446744073709551615-0")],
             "invalid_last_event_id",
         ),
     ] {
@@ -379,6 +392,188 @@ async fn bench_fanout_measures_sse_and_websocket_on_the_same_scenario() {
         assert_eq!(report["lost"], 0, "{url}: {report}");
         assert_eq!(report["duplicates"], 0, "{url}: {report}");
         assert_eq!(report["misrouted"], 0, "{url}: {report}");
+    }
+    assert_no_panic(&d);
+}
+
+/// The identity rule of `/ws` (`auth::stream_user`): in header mode an
+/// `X-User-ID` that names someone else than `username` is a 403 before the
+/// stream starts; a matching one, or the header alone, streams that user's
+/// events.
+#[actix_rt::test]
+async fn a_stream_whose_user_header_names_someone_else_is_403() {
+    let (_redis, d) = start(&[]).await;
+    let run = start_run(&d, "alice", "flight-search", json!({"city": "Oslo"})).await;
+    wait_run(&d, "alice", &run, T).await;
+    let path = "/events?username=alice&last_event_id=0";
+    match sse_open(&d, path, &[("X-User-ID", "mallory")]).await {
+        Ok(_) => panic!("mallory's gateway identity streamed alice's events"),
+        Err(r) => {
+            assert_eq!(r.status, 403, "{}", r.body);
+            assert_eq!(r.body["error"]["code"], "forbidden", "{}", r.body);
+        }
+    }
+    let mut s = sse_connect(&d, path, &[("X-User-ID", "alice")]).await;
+    assert_eq!(seqs_of(&run, &s.take(4, T).await), [1, 2, 3, 4]);
+    let mut s = sse_connect(&d, "/events?last_event_id=0", &[("X-User-ID", "alice")]).await;
+    assert_eq!(seqs_of(&run, &s.take(4, T).await), [1, 2, 3, 4]);
+    assert_no_panic(&d);
+}
+
+/// While Redis is away a resume cannot be checked: a 503 before the stream
+/// starts, as on `/ws`. A stream without a position needs no Redis to
+/// start: it starts live without one and gets events once Redis is back.
+#[actix_rt::test]
+async fn while_redis_is_away_a_resume_is_503_and_a_new_stream_starts_live() {
+    let (mut redis, d) = start(&[]).await;
+    redis.stop();
+    wait_until_async("/readyz 503", T, || {
+        let url = format!("{}/readyz", d.http_base());
+        async move { get(&url, None).await.status == 503 }
+    })
+    .await;
+    match sse_open(&d, "/events?username=uma&last_event_id=0", &[]).await {
+        Ok(_) => panic!("a resume was accepted without Redis"),
+        Err(r) => assert_eq!(r.status, 503, "{}", r.body),
+    }
+    let (status, body) = raw_ws_request(&d, "/ws?username=uma&last_event_id=0", true).await;
+    assert_eq!(status, 503, "the same answer on /ws: {body}");
+    let mut s = sse_connect(&d, "/events?username=uma", &[]).await;
+    match s.next(Duration::from_millis(300)).await {
+        SseItem::Timeout | SseItem::Comment(_) => {}
+        other => panic!("no position without Redis, got {other:?}"),
+    }
+    redis.restart();
+    wait_ready_within(&d, Duration::from_secs(60)).await;
+    let run = start_run(&d, "uma", "flight-search", json!({"city": "Back"})).await;
+    assert_eq!(seqs_of(&run, &s.take(4, T).await), [1, 2, 3, 4]);
+    assert_no_panic(&d);
+}
+
+/// The SSE variant of `replay::slow_clients_replaying_a_long_history_...`:
+/// streams resuming from the start of a long history and reading slowly
+/// get every event once, in order, while the daemon reads one page at a
+/// time for each of them (the next once the response body took the
+/// previous), so its memory stays bounded.
+#[actix_rt::test]
+async fn slow_streams_replaying_a_long_history_keep_the_daemons_memory_bounded() {
+    const EVENTS: u64 = 4000;
+    const CLIENTS: usize = 6;
+    // As for the WebSocket: the whole history per client would be ~160 MiB.
+    const BOUND_KIB: u64 = 64 * 1024;
+    let (redis, d) = start(&[]).await;
+    let user = "sse-hoarder";
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let mut conn = publisher(&redis).await;
+    fill_history(&mut conn, user, &run_id, EVENTS, &"x".repeat(4000)).await;
+
+    let baseline = d.rss_kib();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pid) = (peak.clone(), stop.clone(), d.pid());
+        actix_rt::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let path = format!("/events?username={user}&last_event_id=0");
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(sse_connect(&d, &path, &[]).await);
+    }
+    // Nobody reads for a while.
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut s| {
+            actix_rt::spawn(async move {
+                let mut seqs = Vec::new();
+                while (seqs.len() as u64) < EVENTS {
+                    let (_, e) = s.take(1, T).await.remove(0);
+                    seqs.push(e["seq"].as_u64().unwrap());
+                    if seqs.len() % 200 == 0 {
+                        // A slow reader.
+                        actix_rt::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                // What was kept for wire-format checks is not needed here.
+                s.raw = Vec::new();
+                (s, seqs)
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for r in readers {
+        let (s, seqs) = r.await.unwrap();
+        assert_eq!(seqs, (1..=EVENTS).collect::<Vec<u64>>());
+        streams.push(s);
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    assert!(
+        grew < BOUND_KIB,
+        "the daemon grew by {grew} KiB (from {baseline} KiB) while {CLIENTS} streams replayed"
+    );
+    // Then live, on every stream, and nothing twice.
+    let run = start_run(&d, user, "flight-search", json!({"city": "Hoard"})).await;
+    for s in &mut streams {
+        assert_eq!(seqs_of(&run, &s.take(4, T).await), [1, 2, 3, 4]);
+        loop {
+            match s.next(Duration::from_millis(100)).await {
+                SseItem::Timeout => break,
+                SseItem::Comment(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_no_panic(&d);
+}
+
+/// A replay of many pages overlapping a run that publishes meanwhile: the
+/// history first, then the run's events, each exactly once (live copies of
+/// events the replay already sent are dropped).
+#[actix_rt::test]
+async fn a_long_replay_racing_a_live_run_has_no_gap_and_no_duplicate() {
+    const EVENTS: u64 = 3000;
+    let (redis, d) = start(&[]).await;
+    let user = "sse-racer";
+    register(&d, user, &line("sse-race", 30, 0)).await;
+    let filled = uuid::Uuid::new_v4().to_string();
+    let mut conn = publisher(&redis).await;
+    fill_history(&mut conn, user, &filled, EVENTS, &"y".repeat(200)).await;
+    let mut s = sse_connect(&d, &format!("/events?username={user}&last_event_id=0"), &[]).await;
+    let run = start_run(&d, user, "sse-race", json!({})).await;
+    let mut all = Vec::new();
+    loop {
+        let (id, e) = s.take(1, T).await.remove(0);
+        let done = e["type"] == "workflow_completed";
+        all.push((id, e));
+        if done {
+            break;
+        }
+    }
+    assert_eq!(seqs_of(&filled, &all), (1..=EVENTS).collect::<Vec<u64>>());
+    assert_eq!(seqs_of(&run, &all), (1..=32).collect::<Vec<u64>>());
+    let id = |s: &str| {
+        let (a, b) = s.split_once('-').unwrap();
+        (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap())
+    };
+    assert!(
+        all.windows(2).all(|w| id(&w[0].0) < id(&w[1].0)),
+        "event ids out of order"
+    );
+    loop {
+        match s.next(Duration::from_millis(300)).await {
+            SseItem::Timeout => break,
+            SseItem::Comment(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
     }
     assert_no_panic(&d);
 }

@@ -6,11 +6,13 @@
 //! Pure logic, no I/O:
 //! - [`workflow`]: the workflow JSON model and its validation into a [`workflow::Dag`];
 //! - [`counter`]: the pending-node counter state machine;
-//! - [`jq`]: jq filters (jaq) for `transform` and `http` nodes;
+//! - [`jq`]: jq filters (jaq) for `transform` and `http` nodes: the
+//!   restricted language, its pre-parse limits and validation;
 //! - [`result`]: canonical JSON and `sha256:` result refs;
 //! - [`event`]: the event payloads (the seed's, plus flowcast's);
 //! - [`user`]: username validation;
-//! - [`egress`]: where `http` nodes may connect (`--http-allow`).
+//! - [`egress`]: where `http` nodes may connect (`--http-allow`);
+//! - [`fair`]: the fair share of node execution among users (round-robin permits).
 //!
 //! Redis:
 //! - [`store`]: the only code that speaks to Redis: key layout, Lua scripts,
@@ -18,15 +20,24 @@
 //! - [`registry`]: the operator's catalogue of workflow files;
 //! - [`backoff`]: the retry policy of every loop that talks to Redis.
 //!
-//! Actors (runner half):
+//! Processes:
+//! - [`jq::pool`]: sandboxed evaluator processes the runner runs filters in,
+//!   killed at a node's deadline;
+//! - [`jq::worker`]: such a process's loop (`flowcast jq-worker`).
+//!
+//! Actors (runner half; the Runner and the run actors share one thread, the
+//! Publisher has its own, so neither stalls the other or the fan-out):
 //! - [`runner::Runner`]: consumes run requests, initialises runs, resumes orphans;
 //! - [`run::RunActor`]: one per run; executes nodes ([`node`]) and drives the counter;
 //!   `http` nodes go through [`http_node::HttpClient`], which enforces [`egress`];
+//!   each attempt first takes a permit of its user's fair share ([`fair`]);
 //! - [`publisher::Publisher`]: the single writer of state and events.
 //!
 //! Actors (fan-out half):
 //! - [`subscriber::Subscriber`]: the process's one PubSub connection;
-//! - [`fanout::Fanout`]: one per user with live sessions; forwards frames to them.
+//! - [`fanout::Fanout`]: one per user with live sessions; forwards frames to them;
+//! - [`replay`]: the paged replay of a user's history to a resuming client,
+//!   shared by the transports (WebSocket, SSE).
 //!
 //! [`metrics`] holds the Prometheus metrics every actor updates.
 
@@ -35,6 +46,7 @@ pub mod counter;
 pub mod egress;
 pub mod error;
 pub mod event;
+pub mod fair;
 pub mod fanout;
 pub mod http_node;
 pub mod jq;
@@ -42,6 +54,7 @@ pub mod metrics;
 pub mod node;
 pub mod publisher;
 pub mod registry;
+pub mod replay;
 pub mod result;
 pub mod run;
 pub mod runner;

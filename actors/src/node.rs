@@ -5,11 +5,9 @@
 //! way), HTTP 5xx, connection errors and timeouts are. The run actor owns
 //! attempts, backoff and the deadline.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 use crate::http_node::{self, HttpClient};
 use crate::jq;
@@ -17,33 +15,25 @@ use crate::workflow::{HttpSpec, NodeKind, NodeSpec};
 
 /// Deadline of an `http` request when the node sets no `timeout_ms`.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deadline of a `transform` attempt when the node sets no `timeout_ms`.
-pub const DEFAULT_TRANSFORM_TIMEOUT: Duration = Duration::from_secs(30);
-/// jq programs running at once. Each runs on a blocking thread, so a filter
-/// that never ends costs one slot, never the actors' thread.
-const JQ_SLOTS: usize = 32;
+/// Deadline of a `transform` attempt (and of each of an `http` node's
+/// filters) when the node sets no `timeout_ms`.
+pub const DEFAULT_TRANSFORM_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn jq_slots() -> Arc<Semaphore> {
-    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    SLOTS
-        .get_or_init(|| Arc::new(Semaphore::new(JQ_SLOTS)))
-        .clone()
-}
-
-/// Runs a jq filter off the actors' thread.
-async fn run_jq(filter: &str, input: Value) -> Result<Value, NodeError> {
-    let permit = jq_slots()
-        .acquire_owned()
-        .await
-        .map_err(|_| NodeError::fatal("jq workers are shut down"))?;
-    let filter = filter.to_owned();
-    actix_rt::task::spawn_blocking(move || {
-        let _slot = permit;
-        jq::run(&filter, &input)
-    })
-    .await
-    .map_err(|_| NodeError::fatal("the jq worker failed"))?
-    .map_err(NodeError::fatal)
+/// Runs a jq filter in the sandboxed evaluator pool, within `deadline`. A
+/// filter's own error, or a crash of its evaluator, would repeat: not
+/// retryable.
+async fn run_jq(
+    pool: &jq::Pool,
+    filter: &str,
+    input: &Value,
+    deadline: Duration,
+) -> Result<Value, NodeError> {
+    match actix_rt::time::timeout(deadline, pool.eval(filter, input)).await {
+        Err(_) => Err(NodeError::timeout(deadline)),
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(jq::EvalError::Unavailable(m))) => Err(NodeError::retryable(m)),
+        Ok(Err(e)) => Err(NodeError::fatal(e.to_string())),
+    }
 }
 
 /// A failed attempt.
@@ -56,13 +46,15 @@ pub struct NodeError {
 }
 
 impl NodeError {
-    pub(crate) fn fatal(message: impl Into<String>) -> Self {
+    /// A failure another attempt would repeat.
+    pub fn fatal(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             retryable: false,
         }
     }
 
+    /// A failure another attempt may not repeat.
     pub(crate) fn retryable(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
@@ -76,10 +68,21 @@ impl NodeError {
     }
 }
 
-/// Runs one attempt of `node` on `input` (`{inputs, nodes}`).
-pub async fn execute(node: &NodeSpec, input: Value, http: &HttpClient) -> Result<Value, NodeError> {
+/// Runs one attempt of `node` on `input` (`{inputs, nodes}`), its filters
+/// in `jq`.
+pub async fn execute(
+    node: &NodeSpec,
+    input: Value,
+    http: &HttpClient,
+    jq: &jq::Pool,
+) -> Result<Value, NodeError> {
+    // The run actor also bounds a transform by its deadline; an http node's
+    // filters are bounded here.
+    let jq_deadline = node
+        .timeout_ms
+        .map_or(DEFAULT_TRANSFORM_TIMEOUT, Duration::from_millis);
     match &node.kind {
-        NodeKind::Transform { filter } => run_jq(filter, input).await,
+        NodeKind::Transform { filter } => run_jq(jq, filter, &input, jq_deadline).await,
         NodeKind::Delay { ms } => {
             actix_rt::time::sleep(Duration::from_millis(*ms)).await;
             Ok(Value::Null)
@@ -88,22 +91,27 @@ pub async fn execute(node: &NodeSpec, input: Value, http: &HttpClient) -> Result
             let timeout = node
                 .timeout_ms
                 .map_or(DEFAULT_HTTP_TIMEOUT, Duration::from_millis);
-            http_request(spec, &input, http, timeout).await
+            let jq = |f| run_jq(jq, f, &input, jq_deadline);
+            http_request(spec, http, timeout, jq).await
         }
     }
 }
 
 /// Evaluates an http node's URL and body filters, then sends the request
-/// through the egress-checked client.
-async fn http_request(
-    spec: &HttpSpec,
-    input: &Value,
+/// through the egress-checked client (which reads at most
+/// `--max-output-bytes` of the body).
+async fn http_request<'a, F>(
+    spec: &'a HttpSpec,
     http: &HttpClient,
     timeout: Duration,
-) -> Result<Value, NodeError> {
+    jq: impl Fn(&'a str) -> F,
+) -> Result<Value, NodeError>
+where
+    F: std::future::Future<Output = Result<Value, NodeError>>,
+{
     let url = match (&spec.url, &spec.url_filter) {
         (Some(u), _) => u.clone(),
-        (None, Some(f)) => match run_jq(f, input.clone()).await? {
+        (None, Some(f)) => match jq(f).await? {
             Value::String(s) => s,
             other => {
                 return Err(NodeError::fatal(format!(
@@ -114,7 +122,7 @@ async fn http_request(
         (None, None) => return Err(NodeError::fatal("no url")),
     };
     let body = match &spec.body {
-        Some(f) => Some(run_jq(f, input.clone()).await?),
+        Some(f) => Some(jq(f).await?),
         None => None,
     };
     let req = http_node::Request {

@@ -11,6 +11,21 @@
 //! with `will_retry: true` makes each retry visible); a node out of attempts
 //! fails the run and cancels its running siblings. [`Cancel`] ends the run
 //! on its owner's request.
+//!
+//! Every attempt of a `transform` or `http` node first takes a permit of
+//! its user's fair share (`fair`; `delay` nodes cost nothing and take none)
+//! and holds it until the attempt ends, whatever ends it: the permit lives
+//! in the attempt's future. Under the permit, the node's input is built and
+//! its output hashed and serialised on a blocking thread, so a large output
+//! stalls neither this thread (shared by every run actor) nor the
+//! Publisher's. The node's deadline covers the execution itself, not the
+//! wait for a permit.
+//!
+//! A run resumed too many times without progress (see `store::leases`)
+//! starts with [`RunSetup::break_crash_loop`]: instead of running its nodes
+//! again, it fails its first active node (not retried) and so the run, with
+//! running siblings cancelled, through the same counter step and commit as
+//! any failure.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -22,13 +37,23 @@ use serde_json::{Map, Value};
 
 use crate::counter::{NodeStatus, RunState, RunStatus};
 use crate::event::{Event, EventBody};
+use crate::fair::{FairShare, Shares};
 use crate::http_node::HttpClient;
+use crate::jq;
 use crate::metrics::Metrics;
 use crate::node::{self, NodeError};
 use crate::publisher::{self, Publisher};
 use crate::result;
-use crate::store::{Commit, NodeRecord, Outcome, RunRecord};
-use crate::workflow::Dag;
+use crate::store::{leases, Commit, NodeRecord, Outcome, RunRecord};
+use crate::workflow::{Dag, NodeKind};
+
+/// The error of the node a crash loop is broken on (and so of the run).
+pub fn crash_loop_error() -> String {
+    format!(
+        "the run was resumed {} times without progress and was stopped to break a crash loop",
+        leases::MAX_RESUMES_WITHOUT_PROGRESS
+    )
+}
 
 /// Cancel the run. Answers `false` if it had already ended.
 #[derive(Message)]
@@ -64,44 +89,86 @@ pub struct RunSetup {
     /// Per-node persisted records (attempts, refs).
     pub records: Vec<NodeRecord>,
     /// Outputs of completed nodes, by index.
-    pub outputs: HashMap<usize, Value>,
+    pub outputs: HashMap<usize, Arc<Value>>,
     /// The last committed event seq.
     pub seq: u64,
-    /// This runner's instance id (the lease holder).
+    /// This runner process, as its leases name it (`instance#nonce`).
     pub owner: String,
     /// How long each commit extends the lease.
     pub lease: Duration,
     /// The owner asked to cancel it before this actor existed.
     pub cancel_requested: bool,
+    /// It was resumed too often without progress: fail it instead of
+    /// running its nodes again.
+    pub break_crash_loop: bool,
+}
+
+/// A finished attempt's output, hashed and serialised.
+struct Output {
+    value: Arc<Value>,
+    result_ref: String,
+    canonical: String,
+}
+
+impl Output {
+    fn of(value: Value) -> Self {
+        let (result_ref, bytes) = result::address(&value);
+        Self {
+            value: Arc::new(value),
+            result_ref,
+            // Serialised JSON is UTF-8.
+            canonical: String::from_utf8(bytes).unwrap_or_default(),
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NodeError> {
+    actix_rt::task::spawn_blocking(f)
+        .await
+        .map_err(|_| NodeError::fatal("a worker thread failed"))
+}
+
+/// What every run actor of a runner shares: where its events go, how its
+/// nodes execute, and the limits they run under.
+#[derive(Clone)]
+pub struct RunEnv {
+    /// The single writer of state and events.
+    pub publisher: Addr<Publisher>,
+    /// Told when the run actor stops.
+    pub runner: Recipient<RunStopped>,
+    /// The egress-checked client of `http` nodes.
+    pub http: Rc<HttpClient>,
+    /// Node execution, shared fairly among users.
+    pub shares: Shares,
+    /// The sandboxed jq evaluators.
+    pub jq: jq::Pool,
+    /// Largest node output (canonical JSON) accepted.
+    pub max_output_bytes: usize,
+    /// Metrics.
+    pub metrics: Metrics,
 }
 
 /// The run actor.
 pub struct RunActor {
     setup: RunSetup,
-    publisher: Addr<Publisher>,
-    runner: Recipient<RunStopped>,
-    http: Rc<HttpClient>,
-    metrics: Metrics,
+    /// The run's inputs, shared with the attempts that build node inputs.
+    inputs: Arc<Value>,
+    env: RunEnv,
     running: HashMap<usize, SpawnHandle>,
     /// Commits handed to the Publisher and not yet answered.
     in_flight: usize,
 }
 
 impl RunActor {
-    /// A run actor for `setup`.
-    pub fn new(
-        setup: RunSetup,
-        publisher: Addr<Publisher>,
-        runner: Recipient<RunStopped>,
-        http: Rc<HttpClient>,
-        metrics: Metrics,
-    ) -> Self {
+    /// A run actor for `setup` in its runner's `env`.
+    pub fn new(mut setup: RunSetup, env: RunEnv) -> Self {
         Self {
+            inputs: Arc::new(std::mem::take(&mut setup.inputs)),
             setup,
-            publisher,
-            runner,
-            http,
-            metrics,
+            env,
             running: HashMap::new(),
             in_flight: 0,
         }
@@ -111,24 +178,32 @@ impl RunActor {
         &self.setup.dag.node(i).id
     }
 
-    /// `{inputs, nodes: {<id>: <output>}}` for node `i`'s filters, with the
-    /// outputs of its ancestors: all completed before `i` was activated, so
-    /// the input never depends on timing.
-    fn input_for(&self, i: usize) -> Value {
+    /// The outputs of node `i`'s ancestors (all completed before `i` was
+    /// activated, so `i`'s input never depends on timing), shared, not copied.
+    fn ancestor_outputs(&self, i: usize) -> Vec<(String, Arc<Value>)> {
         let dag = &self.setup.dag;
         let mut seen = vec![false; dag.len()];
         let mut stack = dag.parents[i].clone();
-        let mut nodes = Map::new();
+        let mut found = Vec::new();
         while let Some(p) = stack.pop() {
             if std::mem::replace(&mut seen[p], true) {
                 continue;
             }
             if let Some(v) = self.setup.outputs.get(&p) {
-                nodes.insert(dag.node(p).id.clone(), v.clone());
+                found.push((dag.node(p).id.clone(), v.clone()));
             }
             stack.extend(&dag.parents[p]);
         }
-        serde_json::json!({"inputs": self.setup.inputs, "nodes": nodes})
+        found
+    }
+
+    /// The fair-share pool an attempt of `kind` takes a permit from, if any.
+    fn share_for(&self, kind: &NodeKind) -> Option<&FairShare> {
+        match kind {
+            NodeKind::Transform { .. } => Some(&self.env.shares.compute),
+            NodeKind::Http(_) => Some(&self.env.shares.io),
+            NodeKind::Delay { .. } => None,
+        }
     }
 
     fn commit(&mut self) -> Commit {
@@ -172,25 +247,53 @@ impl RunActor {
         }
         self.setup.records[i].attempt += 1;
         let spec = self.setup.dag.node(i).clone();
+        let permit = self
+            .share_for(&spec.kind)
+            .map(|share| share.acquire(&self.setup.user));
+        // `{inputs, nodes: {<id>: <output>}}` for the node's filters.
         let input = match spec.kind {
-            crate::workflow::NodeKind::Delay { .. } => Value::Null,
-            _ => self.input_for(i),
+            NodeKind::Delay { .. } => None,
+            _ => Some((self.inputs.clone(), self.ancestor_outputs(i))),
         };
-        let http = self.http.clone();
+        let http = self.env.http.clone();
+        let jq = self.env.jq.clone();
         let deadline = match (&spec.kind, spec.timeout_ms) {
             (_, Some(ms)) => Some(Duration::from_millis(ms)),
-            (crate::workflow::NodeKind::Transform { .. }, None) => {
-                Some(node::DEFAULT_TRANSFORM_TIMEOUT)
-            }
+            (NodeKind::Transform { .. }, None) => Some(node::DEFAULT_TRANSFORM_TIMEOUT),
             _ => None,
         };
         let fut = async move {
-            let run = node::execute(&spec, input, &http);
-            match deadline {
+            // Held until this future ends or is dropped (timeout, cancel).
+            let _permit = match permit {
+                Some(p) => Some(p.await),
+                None => None,
+            };
+            let input = match input {
+                Some((inputs, outputs)) => {
+                    off_thread(move || {
+                        let nodes: Map<String, Value> = outputs
+                            .into_iter()
+                            .map(|(id, v)| (id, Value::clone(&v)))
+                            .collect();
+                        let mut input = Map::new();
+                        input.insert("inputs".into(), Value::clone(&inputs));
+                        input.insert("nodes".into(), Value::Object(nodes));
+                        Value::Object(input)
+                    })
+                    .await?
+                }
+                None => Value::Null,
+            };
+            let run = node::execute(&spec, input, &http, &jq);
+            let out = match deadline {
                 Some(d) => actix_rt::time::timeout(d, run)
                     .await
-                    .unwrap_or_else(|_| Err(NodeError::timeout(d))),
-                None => run.await,
+                    .unwrap_or_else(|_| Err(NodeError::timeout(d)))?,
+                None => run.await?,
+            };
+            match out {
+                Value::Null => Ok(Output::of(Value::Null)),
+                out => off_thread(move || Output::of(out)).await,
             }
         };
         let handle = ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
@@ -200,18 +303,20 @@ impl RunActor {
         self.running.insert(i, handle);
     }
 
-    fn finished(&mut self, i: usize, r: Result<Value, NodeError>, ctx: &mut Context<Self>) {
+    fn finished(&mut self, i: usize, r: Result<Output, NodeError>, ctx: &mut Context<Self>) {
         let kind = self.setup.dag.node(i).kind_name();
         match r {
             Ok(out) => {
-                self.metrics
+                self.env
+                    .metrics
                     .nodes
                     .with_label_values(&[kind, "completed"])
                     .inc();
                 self.completed(i, out, ctx)
             }
             Err(e) => {
-                self.metrics
+                self.env
+                    .metrics
                     .nodes
                     .with_label_values(&[kind, "failed"])
                     .inc();
@@ -220,18 +325,27 @@ impl RunActor {
         }
     }
 
-    fn completed(&mut self, i: usize, out: Value, ctx: &mut Context<Self>) {
+    fn completed(&mut self, i: usize, out: Output, ctx: &mut Context<Self>) {
+        if out.canonical.len() > self.env.max_output_bytes {
+            let e = NodeError::fatal(format!(
+                "output is {} bytes, over the limit of {} bytes (--max-output-bytes)",
+                out.canonical.len(),
+                self.env.max_output_bytes
+            ));
+            return self.failed(i, e, ctx);
+        }
         let dag = self.setup.dag.clone();
         let Ok(step) = self.setup.state.complete(&dag, i) else {
             return; // cancelled meanwhile, or a duplicate: nothing changes
         };
-        let (result_ref, bytes) = result::address(&out);
-        self.setup.outputs.insert(i, out);
+        let Output {
+            value,
+            result_ref,
+            canonical,
+        } = out;
+        self.setup.outputs.insert(i, value);
         let mut c = self.commit();
-        c.store_result(
-            result_ref.clone(),
-            String::from_utf8(bytes).unwrap_or_default(),
-        );
+        c.store_result(result_ref.clone(), canonical);
         let rec = &mut self.setup.records[i];
         rec.status = NodeStatus::Completed;
         rec.result_ref = Some(result_ref.clone());
@@ -364,13 +478,13 @@ impl RunActor {
         let ended = (c.active == -1).then(|| self.setup.state.status().as_str());
         // Enqueued now, not when the spawned future is first polled: the
         // context does not poll its futures in spawn order.
-        let durable = publisher::publish(&self.publisher, c);
+        let durable = publisher::publish(&self.env.publisher, c);
         ctx.spawn(durable.into_actor(self).map(move |outcome, act, ctx| {
             act.in_flight -= 1;
             match outcome {
                 Some(Outcome::Applied(_)) => {
                     if let Some(outcome) = ended {
-                        act.metrics.runs.with_label_values(&[outcome]).inc();
+                        act.env.metrics.runs.with_label_values(&[outcome]).inc();
                     }
                     then(act, ctx)
                 }
@@ -410,10 +524,26 @@ impl Actor for RunActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.metrics.live_runs.inc();
+        self.env.metrics.live_runs.inc();
         if self.setup.cancel_requested {
             ctx.notify(Cancel);
             return;
+        }
+        if self.setup.break_crash_loop {
+            // Which active node brought the runners down is unknown; the
+            // first one (in workflow order) is named, the others cancelled.
+            if let Some(&i) = self.setup.state.active().first() {
+                // This resumption's attempt, refused.
+                self.setup.records[i].attempt += 1;
+                log::warn!(
+                    "run {}: {}; failing it at node {}",
+                    self.setup.run_id,
+                    crash_loop_error(),
+                    self.node_id(i)
+                );
+                self.failed(i, NodeError::fatal(crash_loop_error()), ctx);
+                return;
+            }
         }
         for i in self.setup.state.active() {
             self.launch(i, ctx);
@@ -421,8 +551,8 @@ impl Actor for RunActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.metrics.live_runs.dec();
-        let _ = self.runner.try_send(RunStopped {
+        self.env.metrics.live_runs.dec();
+        let _ = self.env.runner.try_send(RunStopped {
             run_id: self.setup.run_id.clone(),
         });
     }

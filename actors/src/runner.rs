@@ -16,6 +16,18 @@
 //! whose lease has lapsed (their runner died) are claimed and resumed: the run
 //! actor is rebuilt from Redis and its active nodes run again. A run's status
 //! guard makes initialising one run twice impossible.
+//!
+//! A lease names this process, not just its instance (`store::leases`
+//! explains why and how): runs leased by an earlier process of the same
+//! instance are taken over at once when the sweep sees that process gone
+//! (its presence connection closed), and never while it lives. A claim may
+//! answer that the run has been resumed too often without progress; its run
+//! actor then fails it instead of running it again (a crash loop broken).
+//!
+//! The Runner and every run actor live on one arbiter (thread) of their own,
+//! apart from the Publisher's and the fan-out's: node execution is shared
+//! among users by [`Shares`] (round-robin permits per user), and whatever a
+//! run does never delays the delivery of events.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -32,19 +44,23 @@ use crate::counter::{NodeStatus, RunState, RunStatus};
 use crate::egress::EgressPolicy;
 use crate::error::Result;
 use crate::event::{Event, EventBody};
+use crate::fair::Shares;
 use crate::http_node::HttpClient;
+use crate::jq;
 use crate::metrics::Metrics;
 use crate::publisher::{self, Publisher};
-use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
+use crate::run::{self, Cancel, RunActor, RunEnv, RunSetup, RunStopped};
+use crate::store::leases::{self, Claim, Held, Holder, Presence};
 use crate::store::requests::{self, Request};
-use crate::store::{leases, runs, Commit, NodeRecord, Outcome, RunRecord};
+use crate::store::{runs, Commit, NodeRecord, Outcome, RunRecord};
 
 /// Runner settings.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// This instance's name: consumer name and lease holder. Stable across
-    /// restarts of the same instance, distinct between instances.
-    pub instance_id: String,
+    /// This process: its instance's name (`--instance-id`, the consumer
+    /// name; stable across restarts of the same instance, distinct between
+    /// instances) and its own nonce (leases name both).
+    pub holder: Holder,
     /// How long a run's lease lasts without renewal.
     pub lease: Duration,
     /// Largest workflow accepted.
@@ -53,22 +69,46 @@ pub struct RunnerConfig {
     pub read_batch: usize,
     /// Where `http` nodes may connect (`--http-allow`).
     pub egress: EgressPolicy,
-    /// Largest node output, in bytes; http response bodies are read up to it.
+    /// Largest node output (canonical JSON bytes); also the largest a
+    /// filter may return and the most of an http body that is read.
     pub max_output_bytes: usize,
+    /// How to start a sandboxed jq evaluator (`flowcast jq-worker`).
+    pub jq_worker: jq::WorkerCommand,
+    /// jq evaluations at once.
+    pub jq_slots: usize,
+    /// Permits for CPU work of nodes (transforms), shared fairly among users.
+    pub compute_permits: usize,
+    /// Permits for http requests, shared fairly among users.
+    pub io_permits: usize,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
-            instance_id: "runner".into(),
+            holder: Holder::new("runner"),
             lease: Duration::from_secs(15),
             max_nodes: crate::workflow::DEFAULT_MAX_NODES,
             read_batch: 256,
             egress: EgressPolicy::default(),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            jq_worker: jq::WorkerCommand::default(),
+            jq_slots: jq::pool::DEFAULT_SLOTS,
+            compute_permits: default_compute_permits(),
+            io_permits: DEFAULT_IO_PERMITS,
         }
     }
 }
+
+/// Default of [`RunnerConfig::compute_permits`]: one per core (at least 2).
+/// Transforms are CPU work: more at once would only time-share the cores,
+/// and a small run's node would get a thin slice of them behind a flood's;
+/// the jq threads outnumber it, so requests queue fairly here rather than
+/// first come first served there.
+pub fn default_compute_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+/// Default of [`RunnerConfig::io_permits`]: http requests in flight at once.
+pub const DEFAULT_IO_PERMITS: usize = 256;
 
 /// Default of [`RunnerConfig::max_output_bytes`] (`--max-output-bytes`).
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
@@ -79,6 +119,9 @@ const READ_BLOCK: Duration = Duration::from_millis(1000);
 const READ_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 /// Requests claimed from dead consumers per sweep.
 const CLAIM_BATCH: usize = 256;
+/// The longest time between sweeps, whatever the lease: a dead predecessor's
+/// runs are taken over at the next sweep, not when its leases lapse.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Cancel a run held by this runner; answers `None` if it holds no such run.
 #[derive(Message)]
@@ -114,6 +157,12 @@ pub struct Runner {
     metrics: Metrics,
     runs: HashMap<String, Addr<RunActor>>,
     http: Rc<HttpClient>,
+    /// The sandboxed jq evaluators every run of this runner shares.
+    jq: jq::Pool,
+    /// Node execution, shared fairly among users.
+    shares: Shares,
+    /// This process's presence connection, kept open from `started`.
+    presence: Option<Presence>,
     /// Read our own pending entries (from `backlog_from`) before new ones (>).
     backlog_done: bool,
     /// Where the next read of our own pending entries starts.
@@ -141,8 +190,17 @@ impl Runner {
         shutdown: CancellationToken,
     ) -> Self {
         let http = Rc::new(HttpClient::new(cfg.egress.clone(), cfg.max_output_bytes));
+        let jq = jq::Pool::new(jq::PoolConfig {
+            command: cfg.jq_worker.clone(),
+            slots: cfg.jq_slots,
+            max_output_bytes: cfg.max_output_bytes,
+        });
+        let shares = Shares::new(cfg.compute_permits, cfg.io_permits);
         Self {
+            jq,
             cfg,
+            shares,
+            presence: None,
             conn,
             reader,
             publisher,
@@ -167,12 +225,19 @@ impl Runner {
         self
     }
 
+    /// Keeps this process's presence connection (announced before the
+    /// runner starts, so before any lease is taken) open while it lives.
+    pub fn with_presence(mut self, presence: Presence) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
     fn read(&mut self, ctx: &mut Context<Self>) {
         if self.shutdown.is_cancelled() {
             return;
         }
         let mut conn = self.reader.clone();
-        let consumer = self.cfg.instance_id.clone();
+        let consumer = self.cfg.holder.instance.clone();
         let backlog = !self.backlog_done;
         let from = if backlog {
             requests::From::Pending(self.backlog_from.clone())
@@ -261,7 +326,7 @@ impl Runner {
                         act.metrics.runs.with_label_values(&["started"]).inc();
                         act.spawn_run(*setup, ctx)
                     }
-                    Ok(Init::Resume(rec)) => act.resume(*rec, ctx),
+                    Ok(Init::Resume(rec)) => act.resume(*rec, None, ctx),
                     Ok(Init::Nothing) => {}
                     Err(e) => {
                         log::warn!("run {}: initialisation failed ({e}); retrying", retry.1);
@@ -281,18 +346,22 @@ impl Runner {
             // and the next start resumes it.
             return;
         }
-        let actor = RunActor::new(
-            setup,
-            self.publisher.clone(),
-            ctx.address().recipient(),
-            self.http.clone(),
-            self.metrics.clone(),
-        );
+        let env = RunEnv {
+            publisher: self.publisher.clone(),
+            runner: ctx.address().recipient(),
+            http: self.http.clone(),
+            shares: self.shares.clone(),
+            jq: self.jq.clone(),
+            max_output_bytes: self.cfg.max_output_bytes,
+            metrics: self.metrics.clone(),
+        };
+        let actor = RunActor::new(setup, env);
         self.runs.insert(run_id, actor.start());
     }
 
-    /// Claims a run's lease and rebuilds its actor from Redis.
-    fn resume(&mut self, rec: RunRecord, ctx: &mut Context<Self>) {
+    /// Claims a run's lease (taking it from `gone`, a dead process's lease
+    /// value, if given) and rebuilds its actor from Redis.
+    fn resume(&mut self, rec: RunRecord, gone: Option<String>, ctx: &mut Context<Self>) {
         if rec.status.is_terminal()
             || self.runs.contains_key(&rec.run_id)
             || self.shutdown.is_cancelled()
@@ -301,11 +370,23 @@ impl Runner {
         }
         let mut conn = self.conn.clone();
         let cfg = self.cfg.clone();
-        async move { claim_and_load(&mut conn, &cfg, rec).await }
+        if let Some(g) = &gone {
+            log::info!("run {}: taking it over from {g}, which is gone", rec.run_id);
+        }
+        async move { claim_and_load(&mut conn, &cfg, rec, gone.as_deref()).await }
             .into_actor(self)
             .map(|r, act, ctx| match r {
                 Ok(Some(setup)) => {
-                    log::info!("run {}: resumed at seq {}", setup.run_id, setup.seq);
+                    if setup.break_crash_loop {
+                        log::warn!(
+                            "run {}: resumed {} times at seq {} without progress; failing it",
+                            setup.run_id,
+                            leases::MAX_RESUMES_WITHOUT_PROGRESS,
+                            setup.seq
+                        );
+                    } else {
+                        log::info!("run {}: resumed at seq {}", setup.run_id, setup.seq);
+                    }
                     act.spawn_run(setup, ctx);
                 }
                 Ok(None) => {}
@@ -324,7 +405,8 @@ impl Runner {
         let live: Vec<String> = self.runs.keys().cloned().collect();
         let cfg = self.cfg.clone();
         async move {
-            leases::renew(&mut conn, &live, &cfg.instance_id, cfg.lease).await?;
+            let me = &cfg.holder;
+            leases::renew(&mut conn, &live, me, cfg.lease).await?;
             let flags = runs::cancel_requested(&mut conn, &live).await?;
             let to_cancel: Vec<String> = live
                 .iter()
@@ -332,20 +414,40 @@ impl Runner {
                 .filter(|(_, f)| *f)
                 .map(|(r, _)| r.clone())
                 .collect();
+            // Runs to resume, each with the dead process's lease value to
+            // take over, if it is held by one.
             let mut orphans = Vec::new();
+            let mut present = None;
             for run_id in runs::active(&mut conn).await? {
                 if live.contains(&run_id) {
                     continue;
                 }
-                let holder = leases::holder(&mut conn, &run_id).await?;
-                if holder.is_none() || holder.as_deref() == Some(&cfg.instance_id) {
-                    if let Some(rec) = runs::load(&mut conn, &run_id).await? {
-                        orphans.push(rec);
+                let value = leases::holder(&mut conn, &run_id).await?;
+                let gone = match Held::of(value.as_deref(), me) {
+                    Held::Free | Held::Mine => None,
+                    Held::Other => continue,
+                    Held::SameInstance(h) => {
+                        if present.is_none() {
+                            let listed = leases::present(&mut conn).await;
+                            if let Err(e) = &listed {
+                                log::warn!("runner: cannot list runner processes ({e}); runs of earlier processes of this instance resume when their leases lapse");
+                            }
+                            present = Some(listed.ok());
+                        }
+                        // Not listed: gone. A live twin's run, or no list
+                        // (CLIENT LIST refused): leave it.
+                        if !matches!(&present, Some(Some(p)) if !p.contains(&h.nonce)) {
+                            continue;
+                        }
+                        value
                     }
+                };
+                if let Some(rec) = runs::load(&mut conn, &run_id).await? {
+                    orphans.push((rec, gone));
                 }
             }
             let claimed =
-                requests::claim_stale(&mut conn, &cfg.instance_id, cfg.lease, CLAIM_BATCH).await?;
+                requests::claim_stale(&mut conn, &me.instance, cfg.lease, CLAIM_BATCH).await?;
             Ok::<_, crate::error::Error>((orphans, claimed, to_cancel))
         }
         .into_actor(self)
@@ -356,11 +458,11 @@ impl Runner {
                         a.do_send(Cancel);
                     }
                 }
-                for rec in orphans {
+                for (rec, gone) in orphans {
                     if rec.status == RunStatus::Queued {
                         continue; // still in the request stream
                     }
-                    act.resume(rec, ctx);
+                    act.resume(rec, gone, ctx);
                 }
                 for req in claimed {
                     act.take(req, ctx);
@@ -414,7 +516,7 @@ async fn initialise(
     let mut c = Commit::new(&run_id, &rec.user, 1);
     c.expect_status = Some(RunStatus::Queued.as_str());
     c.ack = Some(entry_id);
-    c.owner = Some(cfg.instance_id.clone());
+    c.owner = Some(cfg.holder.to_string());
     c.lease_ms = Some(cfg.lease.as_millis() as u64);
     c.active = 1;
     c.set_status(RunStatus::Running);
@@ -457,19 +559,23 @@ async fn initialise(
         records,
         outputs: HashMap::new(),
         seq: 1,
-        owner: cfg.instance_id.clone(),
+        owner: cfg.holder.to_string(),
         lease: cfg.lease,
         cancel_requested: rec.cancel_requested,
+        break_crash_loop: false,
     })))
 }
 
-/// Takes a run's lease (free, or already ours) and loads what resuming needs.
+/// Takes a run's lease (free, already ours, or `gone`'s) and loads what
+/// resuming needs.
 async fn claim_and_load(
     conn: &mut ConnectionManager,
     cfg: &RunnerConfig,
     rec: RunRecord,
+    gone: Option<&str>,
 ) -> Result<Option<RunSetup>> {
-    if !leases::claim(conn, &rec.run_id, &cfg.instance_id, cfg.lease).await? {
+    let claim = leases::claim(conn, &rec.run_id, &cfg.holder, gone, cfg.lease).await?;
+    if claim == Claim::NotOurs {
         return Ok(None);
     }
     // Re-read under the lease: the record may have moved since it was listed.
@@ -498,7 +604,7 @@ async fn claim_and_load(
         let v = blob
             .and_then(|b| serde_json::from_str::<Value>(&b).ok())
             .unwrap_or(Value::Null);
-        outputs.insert(i, v);
+        outputs.insert(i, Arc::new(v));
     }
     Ok(Some(RunSetup {
         run_id: rec.run_id,
@@ -509,9 +615,10 @@ async fn claim_and_load(
         records,
         outputs,
         seq: rec.seq,
-        owner: cfg.instance_id.clone(),
+        owner: cfg.holder.to_string(),
         lease: cfg.lease,
         cancel_requested: rec.cancel_requested,
+        break_crash_loop: claim == Claim::Exhausted,
     }))
 }
 
@@ -522,9 +629,14 @@ impl Actor for Runner {
         if let Some(client) = self.control.clone() {
             actix::spawn(listen_control(client, ctx.address()));
         }
+        if let Some(presence) = self.presence.take() {
+            let me = ctx.address();
+            actix::spawn(presence.keep(move || me.connected()));
+        }
         self.read(ctx);
         self.sweep(ctx);
-        ctx.run_interval(self.cfg.lease / 3, |act, ctx| act.sweep(ctx));
+        let every = (self.cfg.lease / 3).min(MAX_SWEEP_INTERVAL);
+        ctx.run_interval(every, |act, ctx| act.sweep(ctx));
     }
 }
 
@@ -671,7 +783,7 @@ impl Handler<LetGo> for Runner {
                     left.len()
                 );
                 let ids: Vec<String> = left.into_iter().map(|(id, _)| id).collect();
-                let release = leases::release(&mut conn, &ids, &cfg.instance_id);
+                let release = leases::release(&mut conn, &ids, &cfg.holder);
                 if !matches!(tokio::time::timeout_at(deadline, release).await, Ok(Ok(()))) {
                     log::warn!(
                         "runner: could not release the leases of unfinished runs; they expire"

@@ -32,7 +32,7 @@ use crate::store::keys::{channel, CHANNEL_PREFIX};
 use crate::store::CONNECT_TIMEOUT;
 
 /// Most sessions per user per process, unless configured.
-pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 10_000;
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
 /// Reconnect delays.
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// How often the connection is checked with PING.

@@ -448,9 +448,9 @@ fn check_node(n: &NodeSpec) -> Result<(), String> {
             if h.method.parse::<http_method::Method>().is_err() {
                 return bad(format!("unknown HTTP method {:?}", h.method));
             }
-            for f in [&h.url_filter, &h.body].into_iter().flatten() {
-                if let Err(e) = jq::check(f) {
-                    return bad(format!("invalid jq filter: {e}"));
+            for (field, f) in [("url_filter", &h.url_filter), ("body", &h.body)] {
+                if let Some(Err(e)) = f.as_deref().map(jq::check) {
+                    return bad(format!("{field}: invalid jq filter: {e}"));
                 }
             }
         }
@@ -669,6 +669,32 @@ mod tests {
         let e = wf(json!({"tag": "bad tag", "nodes": [{"id": "a", "kind": "delay", "ms": 1}]}))
             .unwrap_err();
         assert!(e.contains("tag"), "{e}");
+    }
+
+    #[test]
+    fn forbidden_functions_are_refused_naming_node_and_function() {
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "leak", "kind": "transform", "filter": "env | {FLOWCAST_JWT_SECRET}"}
+        ]}))
+        .unwrap_err();
+        assert!(
+            e.starts_with("node \"leak\": invalid jq filter: `env` is not available"),
+            "{e}"
+        );
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "h", "kind": "http", "url_filter": "\"http://x/\\($ENV.HOME)\""}
+        ]}))
+        .unwrap_err();
+        assert!(
+            e.contains("node \"h\": url_filter: invalid jq filter: `$ENV`"),
+            "{e}"
+        );
+        let deep = format!("{}1{}", "[".repeat(800), "]".repeat(800));
+        let e = wf(json!({"tag": "t", "nodes": [
+            {"id": "d", "kind": "transform", "filter": deep}
+        ]}))
+        .unwrap_err();
+        assert!(e.contains("node \"d\"") && e.contains("levels deep"), "{e}");
     }
 
     #[test]

@@ -6,14 +6,17 @@
 //!   memory per connection;
 //! - [`runs`]: runs submitted over REST and followed on WebSocket, runs/s,
 //!   node completions/s, latencies, and the Redis ceiling ([`ceiling`]) of
-//!   the writes one node completion needs, measured in the same invocation.
+//!   the writes one node completion needs, measured in the same invocation;
+//! - [`replay`]: many clients resuming from the start of a long history and
+//!   reading slowly, with the server's peak memory.
 //!
 //! Building blocks: [`stats`] (latency histogram), [`ledger`] (loss and
 //! duplicate accounting), [`stamp`] (the timestamped message), [`template`]
 //! (names, `{user}` templates, loopback-only targets), [`conn`] (WebSocket
-//! connections and SSE streams ([`sse`]) from several source addresses), [`publish`] (rate and
-//! closed-loop publishers), [`http`] (keep-alive HTTP client), [`procfs`]
-//! (server RSS and CPU), [`report`] (JSON line and table).
+//! connections and SSE streams ([`sse`]) from several source addresses),
+//! [`publish`] (rate and closed-loop publishers), `crate::http` (keep-alive
+//! HTTP client), [`procfs`] (server RSS and CPU), [`report`] (JSON line and
+//! table).
 //!
 //! Every load is bounded in count and time, targets loopback addresses only,
 //! and stops by itself. The bench runs on its own multi-thread tokio
@@ -22,10 +25,10 @@
 mod ceiling;
 mod conn;
 mod fanout;
-mod http;
 mod ledger;
 mod procfs;
 mod publish;
+mod replay;
 mod report;
 mod runs;
 mod sse;
@@ -49,6 +52,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         match cmd {
             BenchCommand::Fanout(a) => fanout::run(*a).await,
             BenchCommand::Runs(a) => runs::run(*a).await,
+            BenchCommand::Replay(a) => replay::run(*a).await,
         }
     })
 }

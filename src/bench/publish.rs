@@ -23,10 +23,11 @@ use hyper::Method;
 use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 
-use super::http::{split_url, HttpConn};
 use super::ledger::Ledger;
 use super::stamp::{now_us, Stamp};
+use super::template::loopback_http;
 use super::template::Template;
+use crate::http::{split_url, HttpConn};
 
 /// Most messages per Redis pipeline.
 const MAX_BATCH: usize = 512;
@@ -200,7 +201,7 @@ async fn senders(target: &Target, plan: &Plan) -> anyhow::Result<Vec<Sender>> {
             );
             for _ in 0..plan.workers {
                 out.push(Sender::Http {
-                    conn: HttpConn::new(&first)?,
+                    conn: loopback_http(&first)?,
                     paths: paths.clone(),
                 });
             }

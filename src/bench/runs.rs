@@ -27,28 +27,43 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::ceiling::{self, Ceiling};
 use super::conn::connect;
-use super::http::HttpConn;
 use super::procfs;
 use super::report::{emit, rate, thousands, Table};
 use super::stamp::now_us;
 use super::stats::{per_sec, Histogram, Summary};
+use super::template::loopback_http;
 use super::template::{check_prefix, loopback_target, user_name, Template};
 use crate::cli::RunsArgs;
+use crate::http::HttpConn;
 
 /// Longest submission phase accepted.
 const MAX_DURATION_S: f64 = 600.0;
 /// HTTP connections of the open-loop (rate) submitter.
 const RATE_WORKERS: usize = 32;
 
-/// The generated fan-out workflow: `start` → `width` × delay 0 → `end`.
-pub fn wide_workflow(width: usize) -> Value {
-    let mut nodes = vec![json!({"id": "start", "kind": "delay", "ms": 0})];
+/// The generated fan-out workflow: `start` → `width` × node → `end`, each
+/// node a `delay` of 0 or, with `filter`, a `transform` running it (CPU
+/// work, or large outputs, for the fair-share benchmark).
+pub fn wide_workflow(width: usize, filter: Option<&str>) -> Value {
+    let node = |id: &str, deps: &[String]| {
+        let mut n = match filter {
+            Some(f) => json!({"id": id, "kind": "transform", "filter": f}),
+            None => json!({"id": id, "kind": "delay", "ms": 0}),
+        };
+        if !deps.is_empty() {
+            n["depends_on"] = json!(deps);
+        }
+        n
+    };
     let mids: Vec<String> = (0..width).map(|i| format!("w{i}")).collect();
-    for id in &mids {
-        nodes.push(json!({"id": id, "kind": "delay", "ms": 0, "depends_on": ["start"]}));
-    }
-    nodes.push(json!({"id": "end", "kind": "delay", "ms": 0, "depends_on": mids}));
-    json!({"tag": format!("bench-wide-{width}"), "nodes": nodes})
+    let mut nodes = vec![node("start", &[])];
+    nodes.extend(mids.iter().map(|id| node(id, &["start".to_owned()])));
+    nodes.push(node("end", &mids));
+    let tag = match filter {
+        Some(_) => format!("bench-wide-{width}-transform"),
+        None => format!("bench-wide-{width}"),
+    };
+    json!({"tag": tag, "nodes": nodes})
 }
 
 /// The fields of an event the bench reads.
@@ -268,10 +283,12 @@ fn check(args: &RunsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Registers the workflow if one is given; returns its tag and node count.
-async fn workflow(args: &RunsArgs, user: &str) -> anyhow::Result<(String, Option<usize>)> {
+/// Registers the workflow, if one is given, for every bench user (each
+/// user runs only their own workflows and the shared catalogue); returns
+/// its tag and node count.
+async fn workflow(args: &RunsArgs, users: &[String]) -> anyhow::Result<(String, Option<usize>)> {
     let body = match (&args.wide, &args.workflow, &args.tag) {
-        (Some(w), _, _) => wide_workflow(*w),
+        (Some(w), _, _) => wide_workflow(*w, args.wide_filter.as_deref()),
         (None, Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -287,22 +304,29 @@ async fn workflow(args: &RunsArgs, user: &str) -> anyhow::Result<(String, Option
         .context("the workflow has no \"tag\"")?
         .to_owned();
     let nodes = body["nodes"].as_array().map(Vec::len);
-    let mut http = HttpConn::new(&args.api)?;
-    let (status, resp) = http
-        .request(
-            Method::PUT,
-            &format!("/api/v1/workflows/{tag}"),
-            &[("x-user-id", user)],
-            Bytes::from(body.to_string()),
-        )
-        .await?;
-    if !status.is_success() {
-        bail!(
-            "registering {tag}: {status}: {}",
-            String::from_utf8_lossy(&resp)
-        );
+    let body = Bytes::from(body.to_string());
+    let mut http = loopback_http(&args.api)?;
+    for user in users {
+        let (status, resp) = http
+            .request(
+                Method::PUT,
+                &format!("/api/v1/workflows/{tag}"),
+                &[("x-user-id", user)],
+                body.clone(),
+            )
+            .await?;
+        if !status.is_success() {
+            bail!(
+                "registering {tag} for {user}: {status}: {}",
+                String::from_utf8_lossy(&resp)
+            );
+        }
     }
-    log::info!("registered workflow {tag} ({} nodes)", nodes.unwrap_or(0));
+    log::info!(
+        "registered workflow {tag} ({} nodes) for {} users",
+        nodes.unwrap_or(0),
+        users.len()
+    );
     Ok((tag, nodes))
 }
 
@@ -313,7 +337,7 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
         .map(|i| user_name(&args.user_prefix, i))
         .collect();
     super::check_fd_budget(args.users + args.concurrency.max(RATE_WORKERS) + 32)?;
-    let (tag, nodes_per_run) = workflow(&args, &users[0]).await?;
+    let (tag, nodes_per_run) = workflow(&args, &users).await?;
     let inputs: Value = serde_json::from_str(&args.inputs).context("--inputs is not JSON")?;
     let body = Bytes::from(json!({"tag": tag, "inputs": inputs}).to_string());
 
@@ -356,7 +380,7 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
             for _ in 0..args.concurrency {
                 let (sub, tracker, body, users) =
                     (sub.clone(), tracker.clone(), body.clone(), users.clone());
-                let mut http = HttpConn::new(&args.api)?;
+                let mut http = loopback_http(&args.api)?;
                 let runs = args.runs;
                 tasks.push(tokio::spawn(async move {
                     loop {
@@ -390,7 +414,7 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
                     users.clone(),
                     rx.clone(),
                 );
-                let mut http = HttpConn::new(&args.api)?;
+                let mut http = loopback_http(&args.api)?;
                 tasks.push(tokio::spawn(async move {
                     loop {
                         let Some(i) = rx.lock().await.recv().await else {
@@ -545,12 +569,23 @@ mod tests {
 
     #[test]
     fn the_wide_workflow_is_start_fan_end() {
-        let w = wide_workflow(3);
+        let w = wide_workflow(3, None);
         assert_eq!(w["tag"], "bench-wide-3");
         let nodes = w["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 5);
+        assert_eq!(nodes[0]["kind"], "delay");
+        assert!(nodes[0].get("depends_on").is_none());
+        assert_eq!(nodes[2]["depends_on"], json!(["start"]));
         assert_eq!(nodes[4]["depends_on"], json!(["w0", "w1", "w2"]));
         let wf: flowcast_actors::workflow::Workflow = serde_json::from_value(w).unwrap();
+        assert!(wf.compile(10_000).is_ok());
+
+        let t = wide_workflow(2, Some("[range(10)] | add"));
+        assert_eq!(t["tag"], "bench-wide-2-transform");
+        let nodes = t["nodes"].as_array().unwrap();
+        assert!(nodes.iter().all(|n| n["kind"] == "transform"));
+        assert_eq!(nodes[3]["filter"], "[range(10)] | add");
+        let wf: flowcast_actors::workflow::Workflow = serde_json::from_value(t).unwrap();
         assert!(wf.compile(10_000).is_ok());
     }
 

@@ -12,7 +12,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::http::split_url;
+use crate::http::split_url;
 
 /// An open event stream.
 pub struct SseStream {

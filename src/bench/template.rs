@@ -98,6 +98,11 @@ pub fn source_addrs(n: u8) -> Vec<Ipv4Addr> {
     (1..=n).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect()
 }
 
+/// An HTTP connection to the server of `url`, a loopback address only.
+pub fn loopback_http(url: &str) -> anyhow::Result<crate::http::HttpConn> {
+    crate::http::HttpConn::at(loopback_target(url)?, url)
+}
+
 /// Host and port of an `http://`, `ws://` or `redis://` URL, refusing
 /// anything but a loopback address (the bench never loads another machine).
 pub fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
@@ -203,6 +208,7 @@ mod tests {
         assert!(t("ws://10.0.0.1:8084/ws").is_err());
         assert!(t("http://example.com/").is_err());
         assert!(t("wss://127.0.0.1/").is_err());
+        assert!(loopback_http("http://192.0.2.1/").is_err());
         assert!(t("127.0.0.1:80").is_err());
     }
 }

@@ -95,6 +95,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The daemon's resident memory, KiB (see [`rss_kib`]).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid()).expect("the daemon's VmRSS")
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -154,6 +159,19 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A process's resident memory (VmRSS of /proc/PID/status), KiB; `None`
+/// once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Asserts the daemon's log so far shows no panic.

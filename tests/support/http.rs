@@ -16,6 +16,14 @@ pub struct Resp {
     pub body: Value,
     pub text: String,
     pub location: Option<String>,
+    pub headers: awc::http::header::HeaderMap,
+}
+
+impl Resp {
+    /// A response header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 /// Sends a request with an optional user and raw body.
@@ -65,6 +73,7 @@ pub async fn request_with_headers(
             .headers()
             .get("location")
             .map(|v| v.to_str().unwrap().to_owned()),
+        headers: resp.headers().clone(),
         text,
     }
 }
@@ -85,15 +94,11 @@ pub async fn put(url: &str, user: Option<&str>, body: &Value) -> Resp {
 // Workflows and runs
 // ---------------------------------------------------------------------------
 
-/// Registers a workflow; panics unless 200/201.
-pub async fn register(d: &Daemon, wf: &Value) {
+/// Registers a workflow as `user`'s own (only they can run it); panics
+/// unless 200/201.
+pub async fn register(d: &Daemon, user: &str, wf: &Value) {
     let tag = wf["tag"].as_str().unwrap();
-    let r = put(
-        &format!("{}/api/v1/workflows/{tag}", d.api),
-        Some("admin"),
-        wf,
-    )
-    .await;
+    let r = put(&format!("{}/api/v1/workflows/{tag}", d.api), Some(user), wf).await;
     assert!(
         r.status == 200 || r.status == 201,
         "register {tag}: {} {}",
@@ -174,7 +179,18 @@ pub async fn wait_ready_within(d: &Daemon, timeout: Duration) {
 /// Sends a WebSocket upgrade request (or a plain GET) by hand and returns the
 /// status and the JSON body of an error answer.
 pub async fn raw_ws_request(d: &Daemon, path_and_query: &str, upgrade: bool) -> (u16, Value) {
-    let (status, mut tcp, head, mut body) = raw_request(d, path_and_query, upgrade).await;
+    raw_ws_request_with(d, path_and_query, upgrade, &[]).await
+}
+
+/// [`raw_ws_request`] with extra request headers (`name: value` lines).
+pub async fn raw_ws_request_with(
+    d: &Daemon,
+    path_and_query: &str,
+    upgrade: bool,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let (status, mut tcp, head, mut body) =
+        raw_request_with(d, path_and_query, upgrade, headers).await;
     if status == 101 {
         return (status, Value::Null);
     }
@@ -203,9 +219,22 @@ pub async fn raw_request(
     path_and_query: &str,
     upgrade: bool,
 ) -> (u16, tokio::net::TcpStream, String, Vec<u8>) {
+    raw_request_with(d, path_and_query, upgrade, &[]).await
+}
+
+/// [`raw_request`] with extra request headers.
+pub async fn raw_request_with(
+    d: &Daemon,
+    path_and_query: &str,
+    upgrade: bool,
+    headers: &[(&str, &str)],
+) -> (u16, tokio::net::TcpStream, String, Vec<u8>) {
     let host = d.ws.trim_start_matches("ws://").to_owned();
     let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
     let mut req = format!("GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if upgrade {
         req.push_str(
             "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\

@@ -14,6 +14,9 @@
 //! - [`browser`]: headless Chromium through chromedriver (fantoccini);
 //! - [`sse`]: a real Server-Sent Events client (awc, parsed as `EventSource` does);
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
+//! - [`cli`]: the command-line client (`flowcast run`, `tail`, ...) run as
+//!   a process, and a TCP proxy that cuts its connections;
+//! - [`history`]: what a completed run's events must be, for any workflow;
 //! - [`wait`]: polling a condition with a deadline.
 //!
 //! [`start`] is the usual first line of a test: a private Redis and a ready
@@ -27,7 +30,9 @@
 // Private: re-exported below. A public `redis` would shadow the `redis`
 // crate in every `use crate::support::*`.
 mod browser;
+mod cli;
 mod daemon;
+mod history;
 mod http;
 mod metrics;
 mod redis;
@@ -39,7 +44,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::browser::*;
+pub use self::cli::*;
 pub use self::daemon::*;
+pub use self::history::*;
 pub use self::http::*;
 pub use self::metrics::*;
 pub use self::redis::*;

@@ -259,6 +259,31 @@ pub async fn publish_padded_with_history(
     pipe.query_async::<()>(conn).await.unwrap();
 }
 
+/// Appends `n` padded `node_completed` events of run `run_id` (seq 1..=n)
+/// to `user`'s history, as the commit script stores them (no `event_id`:
+/// the reader splices it in), without publishing them.
+pub async fn fill_history(
+    conn: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    run_id: &str,
+    n: u64,
+    pad: &str,
+) {
+    for chunk in (1..=n).collect::<Vec<u64>>().chunks(100) {
+        let mut pipe = redis::pipe();
+        for seq in chunk {
+            let e = json!({"type": "node_completed", "run_id": run_id, "seq": seq, "pad": pad});
+            pipe.cmd("XADD")
+                .arg(keys::history(user))
+                .arg("*")
+                .arg(keys::HISTORY_FIELD)
+                .arg(e.to_string())
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await.unwrap();
+    }
+}
+
 /// Subscribers of `user`'s channel.
 pub fn numsub(redis: &Redis, user: &str) -> i64 {
     let v: (String, i64) = redis::cmd("PUBSUB")
@@ -298,14 +323,17 @@ pub fn pubsub_clients(redis: &Redis) -> usize {
 
 /// Ids of the connections in PubSub mode.
 pub fn pubsub_client_ids(redis: &Redis) -> Vec<String> {
-    pubsub_lines(redis)
+    let mut ids: Vec<String> = pubsub_lines(redis)
         .iter()
         .filter_map(|l| {
             l.split(' ')
                 .find_map(|f| f.strip_prefix("id="))
                 .map(String::from)
         })
-        .collect()
+        .collect();
+    // CLIENT LIST's order is not the connections' age: compare as sets.
+    ids.sort();
+    ids
 }
 
 // ---------------------------------------------------------------------------
@@ -368,6 +396,27 @@ pub fn pending_count(conn: &mut redis::Connection) -> usize {
         .query(conn)
         .unwrap();
     redis::from_redis_value(v[0].clone()).unwrap()
+}
+
+/// The runs a user's active-run quota counts (queued or running).
+pub fn user_active_runs(conn: &mut redis::Connection, user: &str) -> Vec<String> {
+    redis::cmd("SMEMBERS")
+        .arg(keys::user_active(user))
+        .query(conn)
+        .unwrap()
+}
+
+/// Entries ever added to the run-request stream (deleted ones included).
+pub fn request_count(conn: &mut redis::Connection) -> usize {
+    // Acknowledged requests are deleted: count every entry ever added.
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(keys::REQUESTS)
+        .query(conn)
+        .unwrap();
+    let map: std::collections::HashMap<String, redis::Value> =
+        redis::from_redis_value(info).unwrap();
+    redis::from_redis_value(map["entries-added"].clone()).unwrap()
 }
 
 /// Finished runs leave nothing behind: not active, no lease.

@@ -23,6 +23,29 @@ pub async fn ws_connect(d: &Daemon, path_and_query: &str) -> Ws {
     ws
 }
 
+/// Connects a WebSocket client with extra request headers (e.g. the
+/// `X-User-ID` a gateway sets); the handshake's error if it is refused.
+pub async fn ws_connect_with(
+    d: &Daemon,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut req = format!("{}{path_and_query}", d.ws)
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+        );
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
 /// What a WebSocket client saw next.
 #[derive(Debug)]
 pub enum WsEvent {

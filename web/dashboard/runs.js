@@ -43,8 +43,8 @@ export class RunsPage {
         this.load();
       },
     }, PAGE_SIZES.map((n) => h('option', { value: n, selected: n === this.pageSize }, n)));
-    this.newer = h('button', { type: 'button', onclick: () => this.page(-1) }, '← Newer');
-    this.older = h('button', { type: 'button', onclick: () => this.page(1) }, 'Older →');
+    this.newer = h('button', { type: 'button', id: 'runs-newer', onclick: () => this.page(-1) }, '← Newer');
+    this.older = h('button', { type: 'button', id: 'runs-older', onclick: () => this.page(1) }, 'Older →');
     this.listError = h('p', { class: 'error', role: 'alert' });
     this.tbody = h('tbody');
     this.table = h('table', { class: 'runs', id: 'runs' },

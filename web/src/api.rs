@@ -1,16 +1,21 @@
 //! The REST API under `/api/v1`: workflows, runs, results.
 //!
 //! Handlers are thin: validate the request, read or write Redis, answer.
+//! Every endpoint acts for the caller ([`User`], 401 without one) on the
+//! caller's things: their own workflows (plus the shared catalogue, read
+//! only), runs and results; another user's are a 404, as if absent.
 //! Runs are accepted by writing them durably (run hash and request stream in
-//! one MULTI/EXEC) and answered 202; a runner initialises them. A Redis
-//! failure is a 503, never a 202 for work that was not stored.
+//! one Lua script that first checks the user's quotas: over one, a 429 with
+//! `Retry-After` and nothing written) and answered 202; a runner initialises
+//! them. A Redis failure is a 503, never a 202 for work that was not stored.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError, Route};
 use flowcast_actors::counter::RunStatus;
 use flowcast_actors::runner::CancelRun;
-use flowcast_actors::store::{runs, workflows};
+use flowcast_actors::store::runs::{self, Admission};
+use flowcast_actors::store::workflows::{self, Scope};
 use flowcast_actors::workflow::{json_kind, validate_tag, Workflow};
 use flowcast_actors::{result, store};
 use serde::Deserialize;
@@ -148,7 +153,7 @@ fn check_run_id(id: &str) -> Result<(), ApiError> {
 
 async fn put_workflow(
     st: web::Data<AppState>,
-    _user: User,
+    user: User,
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -179,7 +184,7 @@ async fn put_workflow(
     let dag = wf
         .compile(st.limits.max_nodes)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
-    let replaced = workflows::put(&mut st.redis.clone(), &dag).await?;
+    let replaced = workflows::put(&mut st.redis.clone(), &user.0, &dag).await?;
     let status = if replaced {
         StatusCode::OK
     } else {
@@ -187,38 +192,57 @@ async fn put_workflow(
     };
     Ok(HttpResponse::build(status).json(json!({
         "tag": dag.workflow.tag,
+        "scope": Scope::Own,
         "nodes": dag.len(),
         "entry_nodes": dag.entries.len(),
     })))
 }
 
+/// The caller's own workflow `tag`, else the shared one; another user's is
+/// as absent as one that does not exist.
+async fn visible_workflow(
+    st: &AppState,
+    user: &User,
+    tag: &str,
+) -> Result<(Scope, Workflow), ApiError> {
+    workflows::get(&mut st.redis.clone(), &user.0, tag)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("workflow {tag:?} not found")))
+}
+
 async fn get_workflow(
     st: web::Data<AppState>,
+    user: User,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let tag = tag_of(&path)?;
-    match workflows::get(&mut st.redis.clone(), tag).await? {
-        Some(wf) => Ok(HttpResponse::Ok().json(wf)),
-        None => Err(ApiError::not_found(format!("workflow {tag:?} not found"))),
-    }
+    let (_, wf) = visible_workflow(&st, &user, tag).await?;
+    Ok(HttpResponse::Ok().json(wf))
 }
 
 async fn delete_workflow(
     st: web::Data<AppState>,
-    _user: User,
+    user: User,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let tag = tag_of(&path)?;
-    if workflows::delete(&mut st.redis.clone(), tag).await? {
-        Ok(HttpResponse::NoContent().finish())
-    } else {
-        Err(ApiError::not_found(format!("workflow {tag:?} not found")))
+    let mut conn = st.redis.clone();
+    if workflows::delete(&mut conn, &user.0, tag).await? {
+        return Ok(HttpResponse::NoContent().finish());
     }
+    let message = if workflows::is_shared(&mut conn, tag).await? {
+        format!(
+            "you have no workflow {tag:?} of your own; the shared one is read-only (only the operator's --workflows-dir changes it)"
+        )
+    } else {
+        format!("workflow {tag:?} not found")
+    };
+    Err(ApiError::not_found(message))
 }
 
-async fn list_workflows(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let tags = workflows::list(&mut st.redis.clone()).await?;
-    Ok(HttpResponse::Ok().json(json!({ "workflows": tags })))
+async fn list_workflows(st: web::Data<AppState>, user: User) -> Result<HttpResponse, ApiError> {
+    let listed = workflows::list(&mut st.redis.clone(), &user.0).await?;
+    Ok(HttpResponse::Ok().json(json!({ "workflows": listed })))
 }
 
 /// `POST /api/v1/runs` with `{"tag", "inputs"}` (the seed's call).
@@ -283,12 +307,34 @@ async fn submit(
             ))
         }
     };
-    let mut conn = st.redis.clone();
-    let Some(wf) = workflows::get(&mut conn, tag).await? else {
-        return Err(ApiError::not_found(format!("workflow {tag:?} not found")));
-    };
+    let (_, wf) = visible_workflow(st, user, tag).await?;
     let run_id = uuid::Uuid::new_v4().to_string();
-    runs::enqueue(&mut conn, &run_id, &user.0, &wf, &inputs).await?;
+    let quota = st.limits.run_quota;
+    match runs::enqueue(&mut st.redis.clone(), &run_id, &user.0, &wf, &inputs, quota).await? {
+        Admission::Accepted { .. } => {}
+        Admission::QuotaExceeded { retry_after_s } => {
+            return Err(ApiError::too_many(
+                "quota_exceeded",
+                format!(
+                    "user {:?} has {} active (queued or running) runs, the limit per user (max_active_runs_per_user); retry when one has ended",
+                    user.0, quota.max_active
+                ),
+                retry_after_s,
+            ))
+        }
+        Admission::RateLimited { retry_after_s } => {
+            return Err(ApiError::too_many(
+                "rate_limited",
+                format!(
+                    "user {:?} is starting runs faster than {} per second (max_runs_per_sec_per_user, bursts of {}); retry after {retry_after_s} s",
+                    user.0,
+                    quota.per_sec,
+                    quota.burst()
+                ),
+                retry_after_s,
+            ))
+        }
+    }
     st.metrics.runs_accepted.inc();
     let location = format!("/api/v1/runs/{run_id}");
     Ok(HttpResponse::Accepted()
@@ -317,17 +363,44 @@ async fn get_run(
 /// `GET /api/v1/runs` query.
 #[derive(Deserialize)]
 struct ListQuery {
-    limit: Option<usize>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
+/// Runs listed when the query gives no `limit`.
+const DEFAULT_LIST: usize = 100;
+
+/// `GET /api/v1/runs?limit=N&cursor=C`: the caller's runs, newest first,
+/// with the cursor of the next page (`null` on the last).
 async fn list_runs(
     st: web::Data<AppState>,
     user: User,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, st.limits.max_list);
-    let runs = runs::list(&mut st.redis.clone(), &user.0, limit).await?;
-    Ok(HttpResponse::Ok().json(crate::views::run_list(&runs)))
+    let max = st.limits.max_list;
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_LIST.min(max),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit {n:?} is not a number from 1 to {max}"),
+                ))
+            }
+        },
+    };
+    let cursor = q.cursor.as_deref();
+    if let Some(c) = cursor {
+        if !runs::is_valid_cursor(c) {
+            return Err(ApiError::bad_request(
+                "invalid_cursor",
+                format!("cursor {c:?} is not a cursor of this list: pass next_cursor as returned"),
+            ));
+        }
+    }
+    let page = runs::list(&mut st.redis.clone(), &user.0, limit, cursor).await?;
+    Ok(HttpResponse::Ok().json(crate::views::run_list(&page)))
 }
 
 async fn run_events(

@@ -5,10 +5,15 @@
 //! HS256 token signed with the configured secret (`Authorization: Bearer`
 //! on REST, `?token=` on the WebSocket). Either way it names the user's
 //! channel and keys, so it is validated (see `flowcast_actors::user`).
+//!
+//! REST handlers take the caller as a [`User`] extractor; the streaming
+//! endpoints (WebSocket, SSE) call [`stream_user`], which also refuses a
+//! request whose `X-User-ID` and `username` disagree.
 
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
+use actix_web::http::header::HeaderMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest};
 use flowcast_actors::user::validate_username;
@@ -59,28 +64,55 @@ impl JwtVerifier {
     }
 }
 
-/// The caller of a WebSocket request in `jwt` mode: the token's subject;
-/// a `username` that differs from it is refused.
-pub fn ws_user(
+/// The user of a streaming request (the WebSocket `/ws`, SSE `/events`),
+/// from its query's `token` and `username` and its headers. Both
+/// transports call this, so one rule holds for both:
+///
+/// - `jwt` mode: the token's subject; a `username` that differs is a 403.
+/// - `header` mode: `username`, validated. A request that also carries
+///   `X-User-ID` (set by the gateway in front) must name the same user, or
+///   it is refused with 403 before anything is streamed; without the
+///   header (the seed's browser snippet) `username` alone is taken, and
+///   without `username` the header is.
+pub fn stream_user(
     auth: &Auth,
+    headers: &HeaderMap,
     token: Option<&str>,
     username: Option<&str>,
-) -> Result<Option<String>, ApiError> {
-    let Auth::Jwt(v) = auth else { return Ok(None) };
-    let Some(token) = token else {
-        return Err(ApiError::unauthorized("missing token query parameter"));
-    };
-    let sub = v.username(token)?;
-    if let Some(u) = username {
-        if u != sub {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "username does not match the token's subject",
-            ));
+) -> Result<String, ApiError> {
+    let claimed = match auth {
+        Auth::Jwt(v) => {
+            let Some(token) = token else {
+                return Err(ApiError::unauthorized("missing token query parameter"));
+            };
+            let sub = v.username(token)?;
+            if username.is_some_and(|u| u != sub) {
+                return Err(forbidden("username does not match the token's subject"));
+            }
+            return Ok(sub);
         }
+        Auth::Header => header_user(headers)?,
+    };
+    let Some(username) = username else {
+        return claimed.ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_username",
+                "the username query parameter is required",
+            )
+        });
+    };
+    validate_username(username)
+        .map_err(|m| ApiError::bad_request("invalid_user", format!("username: {m}")))?;
+    match claimed {
+        Some(c) if c != username => Err(forbidden(format!(
+            "username {username:?} does not match the {USER_HEADER} header"
+        ))),
+        _ => Ok(username.to_owned()),
     }
-    Ok(Some(sub))
+}
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
 /// The header carrying the username.
@@ -112,11 +144,19 @@ fn user_of(req: &HttpRequest) -> Result<User, ApiError> {
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
         return v.username(token.trim()).map(User);
     }
-    let mut values = req.headers().get_all(USER_HEADER);
-    let Some(v) = values.next() else {
-        return Err(ApiError::unauthorized(format!(
+    match header_user(req.headers())? {
+        Some(name) => Ok(User(name)),
+        None => Err(ApiError::unauthorized(format!(
             "missing {USER_HEADER} header"
-        )));
+        ))),
+    }
+}
+
+/// The user named by the `X-User-ID` header, validated; `None` without one.
+pub fn header_user(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(USER_HEADER);
+    let Some(v) = values.next() else {
+        return Ok(None);
     };
     if values.next().is_some() {
         // Which one a gateway set is unknowable: never guess an identity.
@@ -130,5 +170,5 @@ fn user_of(req: &HttpRequest) -> Result<User, ApiError> {
     })?;
     validate_username(name)
         .map_err(|m| ApiError::bad_request("invalid_user", format!("{USER_HEADER}: {m}")))?;
-    Ok(User(name.to_owned()))
+    Ok(Some(name.to_owned()))
 }

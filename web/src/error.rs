@@ -19,6 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What is wrong, for humans; names the field or thing.
     pub message: String,
+    /// Seconds after which the client may try again (`Retry-After`).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// 429 for a request over one of the caller's limits; the answer says
+    /// when to try again in `Retry-After` (seconds, at least 1).
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
 
@@ -115,8 +127,11 @@ impl ResponseError for ApiError {
                 self.message
             );
         }
-        HttpResponse::build(self.status)
-            .json(json!({"error": {"code": self.code, "message": self.message}}))
+        let mut resp = HttpResponse::build(self.status);
+        if let Some(s) = self.retry_after_s {
+            resp.insert_header((actix_web::http::header::RETRY_AFTER, s.to_string()));
+        }
+        resp.json(json!({"error": {"code": self.code, "message": self.message}}))
     }
 }
 

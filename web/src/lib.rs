@@ -1,17 +1,21 @@
-//! flowcast's HTTP and WebSocket edge.
+//! flowcast's HTTP edge: REST, WebSocket and SSE, the dashboard.
 //!
 //! # Layout
 //!
 //! - [`state`]: [`AppState`], what every handler shares, and the limits;
 //! - [`error`]: [`ApiError`], the one mapping from errors to JSON responses;
-//! - [`auth`]: the caller's username (`X-User-ID`);
+//! - [`auth`]: the caller's username (`X-User-ID` or a token's subject), and
+//!   [`auth::stream_user`], the one rule for the user of a WebSocket or SSE
+//!   request;
 //! - [`api`]: the REST API under `/api/v1`;
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`ws`]: the `/ws` upgrade and its query parameters;
-//! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection,
-//!   and [`session::Resume`], the history/live seam both transports share;
+//! - [`resume`]: `last_event_id` checked and turned into a paged replay, for
+//!   every transport;
+//! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection;
 //! - [`sse`]: `GET /events`, Server-Sent Events, and [`sse::SseSession`], the
-//!   actor of one stream (joins the Fanout like a WebSocket session);
+//!   actor of one stream (joins the Fanout and replays like a WebSocket
+//!   session);
 //! - [`views`]: the JSON shapes of runs served by the REST API;
 //! - [`dashboard`]: the dashboard page at `/` and its built-in assets.
 //!
@@ -23,6 +27,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod health;
+pub mod resume;
 pub mod session;
 pub mod sse;
 pub mod state;

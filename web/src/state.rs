@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix::Addr;
 use flowcast_actors::metrics::Metrics;
 use flowcast_actors::runner::Runner;
+use flowcast_actors::store::runs::RunQuota;
 use flowcast_actors::subscriber::Subscriber;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,8 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Most runs listed by `GET /api/v1/runs`.
     pub max_list: usize,
+    /// Each user's run quotas (active runs, runs per second).
+    pub run_quota: RunQuota,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_nodes: flowcast_actors::workflow::DEFAULT_MAX_NODES,
             max_list: 1000,
+            run_quota: RunQuota::default(),
         }
     }
 }
@@ -45,6 +49,8 @@ pub struct WsConfig {
     pub max_frame_bytes: usize,
     /// Kernel timeout for unacknowledged data (cuts peers that stopped reading).
     pub tcp_user_timeout: Duration,
+    /// `--retention`: how old the oldest event a replay can find may be.
+    pub retention: Duration,
 }
 
 impl Default for WsConfig {
@@ -55,6 +61,7 @@ impl Default for WsConfig {
             max_queue_msgs: 1024,
             max_frame_bytes: 64 * 1024,
             tcp_user_timeout: Duration::from_secs(60),
+            retention: flowcast_actors::store::Retention::DEFAULT_KEEP,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! records: the HTTP view of data lives with the HTTP code, not with Redis.
 
 use flowcast_actors::counter::NodeStatus;
-use flowcast_actors::store::runs::RunSummary;
+use flowcast_actors::store::runs::RunPage;
 use flowcast_actors::store::{NodeRecord, RunRecord};
 use serde_json::{json, Map, Value};
 
@@ -35,7 +35,7 @@ pub fn run(r: &RunRecord) -> Value {
     })
 }
 
-/// `GET /api/v1/runs`: one row per run.
-pub fn run_list(runs: &[RunSummary]) -> Value {
-    json!({ "runs": runs })
+/// `GET /api/v1/runs`: one row per run, and the next page's cursor.
+pub fn run_list(page: &RunPage) -> Value {
+    json!({ "runs": page.runs, "next_cursor": page.next_cursor })
 }

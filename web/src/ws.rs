@@ -1,33 +1,37 @@
 //! `GET /ws?username=U`: the WebSocket endpoint (the seed's URL).
 //!
-//! Query parameters: `username` (required), `types=a,b` and `run_id=` (server-side
-//! filters), `last_event_id=` (replay from history first). Everything is
-//! checked before the upgrade, so a bad request gets an HTTP 4xx with a JSON
-//! error, never a socket that closes at once.
+//! Query parameters: `username` (required unless a token or an `X-User-ID`
+//! header names the user, and must match them), `types=a,b` and `run_id=`
+//! (server-side filters), `last_event_id=` (replay from history first, page
+//! by page; see `flowcast_actors::replay`). Everything is checked before the
+//! upgrade, including a `last_event_id` later than any event this server
+//! can have sent, so a bad request gets an HTTP 4xx with a JSON error, never
+//! a socket that closes at once. Without `last_event_id` the socket starts
+//! live, with no replay.
+//!
+//! SSE (`crate::sse`) takes the same steps with the same code: the query
+//! ([`parse_query`]), the Subscriber ([`fanout_of`]) and the join
+//! ([`join`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::{Addr, Recipient};
-use actix_web::http::StatusCode;
+use actix::Addr;
+use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use bytestring::ByteString;
 use flowcast_actors::event::EventBody;
-use flowcast_actors::fanout::{CloseSession, Filter, Frame, SessionHandle};
-use flowcast_actors::store;
+use flowcast_actors::fanout::{Filter, SessionHandle};
+use flowcast_actors::store::history::StreamId;
 use flowcast_actors::subscriber::{Join, JoinError, Subscriber};
-use flowcast_actors::user::validate_username;
 
-use crate::auth::{ws_user, Auth};
+use crate::auth::{stream_user, Auth};
 use crate::error::ApiError;
-use crate::session::{Replay, Resume, WsSession};
+use crate::resume::{open_replay, parse_last_event_id};
+use crate::session::{StartReplay, WsSession};
 use crate::state::AppState;
-
-/// History entries read per page while replaying.
-const REPLAY_PAGE: usize = 1000;
 
 /// A parsed `/ws` query.
 #[derive(Debug, PartialEq)]
@@ -37,29 +41,25 @@ pub struct WsQuery {
     /// Filters.
     pub filter: Filter,
     /// Replay after this history id.
-    pub last_event_id: Option<String>,
+    pub last_event_id: Option<StreamId>,
 }
 
-/// Parses and checks a `/ws` query string. In `jwt` mode the user is the
-/// subject of `token`, and a `username` that differs is refused.
-pub fn parse_query(qs: &str, auth: &Auth) -> Result<WsQuery, ApiError> {
+/// Parses and checks a `/ws` query string and the request's headers. The
+/// user is decided by [`stream_user`]: in `jwt` mode the subject of
+/// `token`; in `header` mode `username`, which must match an `X-User-ID`
+/// header if the request carries one.
+pub fn parse_query(qs: &str, headers: &HeaderMap, auth: &Auth) -> Result<WsQuery, ApiError> {
     let q: HashMap<String, String> = web::Query::<HashMap<String, String>>::from_query(qs)
         .map_err(|e| {
             ApiError::bad_request("invalid_query", format!("malformed query string: {e}"))
         })?
         .into_inner();
-    let from_token = ws_user(
+    let username = stream_user(
         auth,
+        headers,
         q.get("token").map(String::as_str),
         q.get("username").map(String::as_str),
     )?;
-    let Some(username) = from_token.or_else(|| q.get("username").cloned()) else {
-        return Err(ApiError::bad_request(
-            "missing_username",
-            "the username query parameter is required",
-        ));
-    };
-    validate_username(&username).map_err(|m| ApiError::bad_request("invalid_user", m))?;
     let types = match q.get("types") {
         None => None,
         Some(t) => {
@@ -107,23 +107,9 @@ pub fn parse_query(qs: &str, auth: &Auth) -> Result<WsQuery, ApiError> {
     })
 }
 
-/// Checks a resume position (`last_event_id`, or SSE's `Last-Event-ID`):
-/// a history id, or `0` for the whole history.
-pub fn parse_last_event_id(id: &str) -> Result<String, ApiError> {
-    if id == "0" || id == "0-0" {
-        return Ok("0-0".to_owned());
-    }
-    store::history::parse_id(id).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_last_event_id",
-            format!("last_event_id {id:?} is not an event id (like 1700000000000-0)"),
-        )
-    })?;
-    Ok(id.to_owned())
-}
-
 /// The Subscriber that new sessions join: a 404 on an instance without
-/// fan-out (role runner), a 503 once a drain has begun.
+/// fan-out (role runner), a 503 once a drain has begun. Both transports
+/// (`/ws`, SSE `/events`) ask it before anything else.
 pub fn fanout_of(st: &AppState) -> Result<Addr<Subscriber>, ApiError> {
     let Some(subscriber) = st.subscriber.clone() else {
         return Err(ApiError::not_found(
@@ -138,77 +124,35 @@ pub fn fanout_of(st: &AppState) -> Result<Addr<Subscriber>, ApiError> {
     Ok(subscriber)
 }
 
-/// How the Fanout and the replay reach one session actor, whatever its
-/// transport.
-pub struct SessionEnds {
-    /// The session's bounded mailbox for live frames.
-    pub frames: Recipient<Frame>,
-    /// Close orders.
-    pub close: Recipient<CloseSession>,
-    /// The replay's result.
-    pub replay: Recipient<Replay>,
-    /// Set by the session once its mailbox has its real bound.
-    pub started: Arc<AtomicBool>,
-}
-
-/// Joins a started session actor to its user's Fanout and, when it resumes
-/// from `last_event_id`, reads the history for it: the step both `/ws` and
-/// SSE take once their actor exists. An error is answered before the
-/// stream starts.
+/// Joins a started session actor, of either transport, to its user's
+/// Fanout; a refusal is an HTTP error answered before the stream starts.
+/// Once this returns, live events reach the session, so a replay's first
+/// page is read only after it (no gap).
 pub async fn join(
-    st: &AppState,
     subscriber: &Addr<Subscriber>,
-    id: u64,
-    q: WsQuery,
-    ends: SessionEnds,
+    user: &str,
+    session: SessionHandle,
 ) -> Result<(), ApiError> {
-    let handle = SessionHandle {
-        id,
-        frames: ends.frames,
-        close: ends.close.clone(),
-        filter: q.filter.clone(),
-        started: ends.started,
-    };
     match subscriber
         .send(Join {
-            user: q.username.clone(),
-            session: handle,
+            user: user.to_owned(),
+            session,
         })
         .await
     {
-        Ok(Ok(())) => {}
-        Ok(Err(JoinError::TooManySessions(n))) => {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sessions",
-                format!("user {:?} already has {n} sessions, the limit", q.username),
-            ))
-        }
-        Ok(Err(JoinError::ShuttingDown)) => {
-            return Err(ApiError::unavailable(
-                "the server is shutting down; reconnect to another instance",
-            ))
-        }
-        Err(_) => return Err(ApiError::unavailable("fan-out is restarting; retry")),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(JoinError::TooManySessions(n))) => Err(ApiError::too_many(
+            "too_many_sessions",
+            format!(
+                "user {user:?} already has {n} sessions, the limit per user (--max-sessions-per-user)"
+            ),
+            1,
+        )),
+        Ok(Err(JoinError::ShuttingDown)) => Err(ApiError::unavailable(
+            "the server is shutting down; reconnect to another instance",
+        )),
+        Err(_) => Err(ApiError::unavailable("fan-out is restarting; retry")),
     }
-    if let Some(after) = q.last_event_id {
-        let mut conn = st.redis.clone();
-        let filter = q.filter;
-        let user = q.username;
-        actix_rt::spawn(async move {
-            match replay(&mut conn, &user, &after, &filter).await {
-                Ok(r) => ends.replay.do_send(r),
-                Err(e) => {
-                    log::warn!("session {id}: replay for {user} failed: {e}");
-                    ends.close.do_send(CloseSession {
-                        code: 1011,
-                        reason: "history unavailable; retry",
-                    });
-                }
-            }
-        });
-    }
-    Ok(())
 }
 
 /// The `/ws` handler.
@@ -217,18 +161,23 @@ pub async fn ws_index(
     stream: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = parse_query(req.query_string(), &st.auth)?;
+    let q = parse_query(req.query_string(), req.headers(), &st.auth)?;
     let subscriber = fanout_of(&st)?;
+    let replay = match q.last_event_id {
+        Some(after) => Some(open_replay(&st, &q.username, after, q.filter.clone()).await?),
+        None => None,
+    };
+    let replaying = replay.is_some();
     let id = st.next_session.fetch_add(1, Ordering::Relaxed);
     let started = Arc::new(AtomicBool::new(false));
     let session = WsSession {
         id,
         user: q.username.clone(),
-        filter: q.filter.clone(),
         subscriber: subscriber.clone(),
+        redis: st.redis.clone(),
         cfg: st.ws.clone(),
         metrics: st.metrics.clone(),
-        resume: Resume::new(q.last_event_id.is_some(), st.ws.max_queue_msgs),
+        replay,
         last_seen: Instant::now(),
         started: started.clone(),
     };
@@ -241,70 +190,20 @@ pub async fn ws_index(
                 format!("expected a WebSocket upgrade: {e}"),
             )
         })?;
-    join(
-        &st,
-        &subscriber,
+    let handle = SessionHandle {
         id,
-        q,
-        SessionEnds {
-            frames: addr.clone().recipient(),
-            close: addr.clone().recipient(),
-            replay: addr.recipient(),
-            started,
-        },
-    )
-    .await?;
+        frames: addr.clone().recipient(),
+        close: addr.clone().recipient(),
+        filter: q.filter,
+        started,
+    };
+    join(&subscriber, &q.username, handle).await?;
+    if replaying {
+        // Joined: live events are held from here on, so history is read
+        // only now (no gap).
+        addr.do_send(StartReplay);
+    }
     Ok(resp)
-}
-
-/// Reads the history after `after`, filtered, with a `replay_gap` notice first
-/// when events after `after` were already trimmed.
-async fn replay(
-    conn: &mut redis::aio::ConnectionManager,
-    user: &str,
-    after: &str,
-    filter: &Filter,
-) -> flowcast_actors::Result<Replay> {
-    let mut frames = Vec::new();
-    if let Some(oldest) = store::history::gap(conn, user, after).await? {
-        frames.extend(Frame::parse(ByteString::from(
-            serde_json::json!({
-                "type": "replay_gap",
-                "requested_after": after,
-                "oldest_available": oldest,
-                "message": "events after last_event_id were trimmed from history; replay starts at oldest_available",
-            })
-            .to_string(),
-        )));
-    }
-    let mut cursor = after.to_owned();
-    loop {
-        let page = store::history::read(conn, user, &cursor, REPLAY_PAGE).await?;
-        let n = page.len();
-        for (id, text) in page {
-            cursor = id;
-            if let Some(f) = Frame::parse(ByteString::from(text)) {
-                if filter.matches(&f.0) {
-                    frames.push(f);
-                }
-            }
-        }
-        if n < REPLAY_PAGE {
-            break;
-        }
-    }
-    let last_id = if cursor == after {
-        String::new()
-    } else {
-        cursor
-    };
-    // Nothing replayed: release live events newer than the client's id.
-    let last_id = if last_id.is_empty() {
-        after.to_owned()
-    } else {
-        last_id
-    };
-    Ok(Replay { frames, last_id })
 }
 
 #[cfg(test)]
@@ -313,17 +212,27 @@ mod tests {
 
     #[test]
     fn parses_the_seeds_url_and_filters() {
-        let q = parse_query("username=test-user", &Auth::Header).unwrap();
+        let q = parse_query("username=test-user", &HeaderMap::new(), &Auth::Header).unwrap();
         assert_eq!(q.username, "test-user");
         assert_eq!(q.filter, Filter::default());
         let q = parse_query(
             "username=bob%40example.com&types=workflow_completed,node_completed&last_event_id=5-1",
+            &HeaderMap::new(),
             &Auth::Header,
         )
         .unwrap();
         assert_eq!(q.username, "bob@example.com");
         assert_eq!(q.filter.types.unwrap().len(), 2);
-        assert_eq!(q.last_event_id.as_deref(), Some("5-1"));
+        assert_eq!(q.last_event_id, Some(StreamId { ms: 5, seq: 1 }));
+        let q = parse_query(
+            "username=a&last_event_id=0",
+            &HeaderMap::new(),
+            &Auth::Header,
+        )
+        .unwrap();
+        assert_eq!(q.last_event_id, Some(StreamId::ZERO));
+        let q = parse_query("username=a", &HeaderMap::new(), &Auth::Header).unwrap();
+        assert_eq!(q.last_event_id, None, "no replay without last_event_id");
     }
 
     #[test]
@@ -332,15 +241,53 @@ mod tests {
             ("", "missing_username"),
             ("username=", "invalid_user"),
             ("username=a%0Ab", "invalid_user"),
+            ("username=alice%E2%80%8B", "invalid_user"),
+            ("username=a%20b", "invalid_user"),
             ("username=a&types=bogus", "invalid_types"),
             ("username=a&run_id=nope", "invalid_run_id"),
             ("username=a&last_event_id=xyz", "invalid_last_event_id"),
+            ("username=a&last_event_id=", "invalid_last_event_id"),
+            ("username=a&last_event_id=-1", "invalid_last_event_id"),
+            ("username=a&last_event_id=-1-0", "invalid_last_event_id"),
+            ("username=a&last_event_id=%2B5-0", "invalid_last_event_id"),
+            (
+                "username=a&last_event_id=18446744073709551616-0",
+                "invalid_last_event_id",
+            ),
         ] {
             assert_eq!(
-                parse_query(qs, &Auth::Header).unwrap_err().code,
+                parse_query(qs, &HeaderMap::new(), &Auth::Header)
+                    .unwrap_err()
+                    .code,
                 code,
                 "{qs}"
             );
         }
+    }
+
+    #[test]
+    fn a_user_header_must_name_the_same_user() {
+        use actix_web::http::header::{HeaderName, HeaderValue};
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_static("x-user-id"),
+                HeaderValue::from_str(v).unwrap(),
+            );
+            h
+        };
+        let q = parse_query("username=alice", &with("alice"), &Auth::Header).unwrap();
+        assert_eq!(q.username, "alice");
+        let e = parse_query("username=alice", &with("mallory"), &Auth::Header).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (403, "forbidden"));
+        // The header alone names the user.
+        assert_eq!(
+            parse_query("", &with("bob"), &Auth::Header)
+                .unwrap()
+                .username,
+            "bob"
+        );
+        let e = parse_query("username=alice", &with("a b"), &Auth::Header).unwrap_err();
+        assert_eq!(e.code, "invalid_user");
     }
 }

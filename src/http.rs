@@ -1,6 +1,8 @@
-//! A keep-alive HTTP/1.1 client connection (hyper) for the bench's REST
-//! calls and HTTP publishing: one request at a time per connection,
-//! reconnecting once when the server closed it.
+//! A keep-alive HTTP/1.1 client connection (hyper), shared by the bench's
+//! REST calls and HTTP publishing and by the command-line client: one
+//! request at a time per connection, reconnecting once when the server
+//! closed it. Plain `http://` only: the daemon speaks no TLS, and a TLS
+//! stack would be the binary's largest dependency for nothing.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,14 +15,13 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::template::loopback_target;
-
-/// How long one request may take.
+/// How long one request may take, connecting included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One HTTP/1.1 connection to a loopback server.
+/// One HTTP/1.1 connection to a server.
 pub struct HttpConn {
-    addr: SocketAddr,
+    /// `host:port` to connect to (a name is resolved at each connect).
+    target: String,
     host: String,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
@@ -40,19 +41,40 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, String)> {
 impl HttpConn {
     /// A connection to the server of `url` (opened on first use).
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        let addr = loopback_target(url)?;
+        let (host, _) = split_url(url)?;
+        let has_port = match host.rfind(']') {
+            Some(i) => host[i..].contains(':'),
+            None => host.contains(':'),
+        };
+        let target = if has_port {
+            host.clone()
+        } else {
+            format!("{host}:80")
+        };
+        Ok(Self {
+            target,
+            host,
+            sender: None,
+        })
+    }
+
+    /// A connection to the server of `url` at an address already resolved
+    /// (and checked) by the caller.
+    pub fn at(addr: SocketAddr, url: &str) -> anyhow::Result<Self> {
         let (host, _) = split_url(url)?;
         Ok(Self {
-            addr,
+            target: addr.to_string(),
             host,
             sender: None,
         })
     }
 
     async fn open(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-        let tcp = TcpStream::connect(self.addr)
+        let tcp = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(&self.target))
             .await
-            .with_context(|| format!("cannot connect to {}", self.addr))?;
+            .map_err(|_| anyhow::anyhow!("no connection within {REQUEST_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| format!("cannot connect to {}", self.target))?;
         tcp.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(async move {
@@ -83,7 +105,8 @@ impl HttpConn {
                 .header("host", &self.host)
                 .header("content-type", "application/json");
             for (k, v) in headers {
-                req = req.header(*k, *v);
+                // from_bytes: UTF-8 user names are sent as they are.
+                req = req.header(*k, hyper::header::HeaderValue::from_bytes(v.as_bytes())?);
             }
             let req = req.body(Full::new(body.clone()))?;
             let sent = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -129,6 +152,14 @@ mod tests {
             ("localhost".to_owned(), "/".to_owned())
         );
         assert!(split_url("ws://127.0.0.1/").is_err());
-        assert!(HttpConn::new("http://192.0.2.1/").is_err());
+        assert_eq!(
+            HttpConn::new("http://localhost").unwrap().target,
+            "localhost:80"
+        );
+        assert_eq!(
+            HttpConn::new("http://[::1]:81/x").unwrap().target,
+            "[::1]:81"
+        );
+        assert_eq!(HttpConn::new("http://[::1]").unwrap().target, "[::1]:80");
     }
 }
