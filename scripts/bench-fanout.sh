@@ -5,8 +5,10 @@
 #   scripts/bench-fanout.sh SCENARIO [TARGETS]
 #
 # SCENARIO: closed | broadcast | tenants | sweep | idle | reuseport | replay
-# TARGETS:  any of flowcast,nchan-redis,nchan-mem (default: all three;
-#           reuseport and replay run flowcast only)
+# TARGETS:  any of flowcast,flowcast-sse,nchan-redis,nchan-mem (default:
+#           flowcast,nchan-redis,nchan-mem; reuseport and replay run
+#           flowcast only); flowcast-sse is the same server measured through
+#           its SSE endpoint instead of WebSockets
 # Env: BENCH_DIR (default /tmp/flowcast-bench), REDIS_PORT (6400), DURATION,
 #      RATES (sweep), IDLE_CONNS (idle), FANOUT_PROCS and TOTAL_CONNS (reuseport),
 #      REPLAY_EVENTS and REPLAY_CONNS (replay).
@@ -30,6 +32,11 @@ start_target() {
         flowcast)
             bench_start_flowcast fanout
             URL="ws://127.0.0.1:$WS_PORT/ws?username={user}"
+            PUB=(--redis-url "$REDIS_URL")
+            PIDS="$(bench_pid_flags "$FLOWCAST_PID")";;
+        flowcast-sse)
+            bench_start_flowcast fanout
+            URL="http://127.0.0.1:$WS_PORT/events?username={user}"
             PUB=(--redis-url "$REDIS_URL")
             PIDS="$(bench_pid_flags "$FLOWCAST_PID")";;
         nchan-redis | nchan-mem)
@@ -105,7 +112,7 @@ PY
 
 for target in ${TARGETS//,/ }; do
     # HTTP publishing (nchan) needs a few connections to reach high rates.
-    http_conns=2; [ "$target" != flowcast ] && http_conns="${PUB_CONNS:-8}"
+    http_conns=2; [ "${target#flowcast}" = "$target" ] && http_conns="${PUB_CONNS:-8}"
     case "$SCENARIO" in
         closed)     # target 1: 1 user × 1,000 connections, closed-loop publisher
             run_target "$target" --users 1 -c 1000 --window 8 -d "${DURATION:-10}";;

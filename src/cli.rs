@@ -50,8 +50,9 @@ pub enum BenchCommand {
 /// `flowcast bench fanout` settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
-    /// WebSocket URL template; `{user}` is replaced by the user name
-    /// (nchan: ws://127.0.0.1:8090/sub/{user}).
+    /// WebSocket URL template, or with http:// an SSE one
+    /// (http://127.0.0.1:8084/events?username={user}); `{user}` is replaced
+    /// by the user name (nchan: ws://127.0.0.1:8090/sub/{user}).
     #[arg(long, default_value = "ws://127.0.0.1:8084/ws?username={user}")]
     pub url: String,
     /// Users (channels); connections are spread over them round-robin.

@@ -172,6 +172,11 @@ pub struct ServeConfig {
     /// (127.0.0.1:9000, [::1]:9000, svc.internal:8080).
     #[arg(long, env = "FLOWCAST_HTTP_ALLOW")]
     pub http_allow: Option<EgressPolicy>,
+    /// URL of the fan-out's `/events` as browsers reach it, for the
+    /// dashboard (default: the dashboard's host at the fan-out listener's
+    /// port); set it behind a proxy or on `--role runner` instances.
+    #[arg(long, env = "FLOWCAST_EVENTS_URL")]
+    pub events_url: Option<String>,
     /// Largest node output (canonical JSON), in bytes: a node whose output
     /// is larger fails; http response bodies are read up to it.
     #[arg(long, env = "FLOWCAST_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]

@@ -25,6 +25,7 @@ use flowcast_actors::store::leases::Presence;
 use flowcast_actors::store::{self, requests, workflows, Retention};
 use flowcast_actors::subscriber::{CloseAllSessions, Subscriber};
 use flowcast_web::auth::{Auth, JwtVerifier};
+use flowcast_web::dashboard::DashboardConfig;
 use flowcast_web::{AppState, WsConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -199,6 +200,13 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         next_session: Arc::new(AtomicU64::new(1)),
         metrics,
         auth,
+        dashboard: DashboardConfig {
+            events_url: cfg.events_url.clone(),
+            events_port: match &ws_listener {
+                Some(l) => Some(l.local_addr()?.port()),
+                None => None,
+            },
+        },
     };
 
     let mut servers = Vec::new();

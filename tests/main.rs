@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod cli;
+mod dashboard;
 mod egress;
 mod errors;
 mod fanout;
@@ -18,4 +19,5 @@ mod runner;
 mod runs;
 mod sandbox;
 mod seed;
+mod sse;
 mod tenancy;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub run_queue_lag: Histogram,
     /// Live WebSocket sessions.
     pub sessions: IntGauge,
+    /// Live SSE sessions (`GET /events`).
+    pub sse_sessions: IntGauge,
     /// Users with at least one live session.
     pub users: IntGauge,
     /// Frames handed to sessions.
@@ -99,11 +101,12 @@ impl Metrics {
                 "Time from run acceptance to initialisation",
             ),
             sessions: gauge("ws_sessions", "Live WebSocket sessions"),
+            sse_sessions: gauge("sse_sessions", "Live SSE sessions"),
             users: gauge("ws_users", "Users with at least one live session"),
             deliveries: counter("ws_deliveries_total", "Event frames handed to sessions"),
             slow_consumer_closes: counter(
                 "ws_slow_consumer_closes_total",
-                "Sessions closed for reading too slowly",
+                "Sessions (WebSocket or SSE) cut for reading too slowly",
             ),
             redis_errors: counter_vec(
                 "redis_errors_total",

@@ -24,7 +24,9 @@
 //! Before anything is sent, [`open`] checks the client's id against Redis's
 //! clock (an id from the future is a client error, answered before the
 //! upgrade) and says when events after it were already trimmed (a
-//! `replay_gap` notice comes first).
+//! `replay_gap` notice comes first). [`open_at_end`] is the replay of a
+//! stream that starts live but tells its client where it stands (SSE): it
+//! starts at the end of the history and covers only the join.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -89,17 +91,25 @@ pub async fn open<C: ConnectionLike + Send + Sync>(
     let notice = bounds
         .gap_after(after, limits.retention)
         .map(|oldest| gap_notice(after, oldest));
-    Ok(ReplayCursor {
-        user: user.to_owned(),
-        filter,
-        after,
-        count: FIRST_PAGE,
-        notice,
-        held: VecDeque::new(),
-        hold_max: limits.hold_max.max(1),
-        dropped: None,
-        done: false,
-    })
+    Ok(ReplayCursor::new(user, filter, after, notice, limits))
+}
+
+/// Prepares a replay from the end of `user`'s history as it stands now, for
+/// a transport that starts live yet hands its client a position to resume
+/// from (SSE's first `id:`): [`ReplayCursor::position`] is that position
+/// (`0-0` while there is no history), and the replay sends what is
+/// published between this read and the session's join, so that a client
+/// resuming from the position misses nothing. Nothing after the end can
+/// be gone: there is no `replay_gap` notice.
+pub async fn open_at_end<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    user: &str,
+    filter: Filter,
+    limits: ReplayLimits,
+) -> Result<ReplayCursor> {
+    let bounds = history::bounds(conn, user).await?;
+    let end = bounds.last.unwrap_or(StreamId::ZERO);
+    Ok(ReplayCursor::new(user, filter, end, None, limits))
 }
 
 /// The `replay_gap` notice: events after `after` were trimmed, and replay
@@ -157,6 +167,26 @@ pub struct ReplayCursor {
 }
 
 impl ReplayCursor {
+    fn new(
+        user: &str,
+        filter: Filter,
+        after: StreamId,
+        notice: Option<Frame>,
+        limits: ReplayLimits,
+    ) -> Self {
+        Self {
+            user: user.to_owned(),
+            filter,
+            after,
+            count: FIRST_PAGE,
+            notice,
+            held: VecDeque::new(),
+            hold_max: limits.hold_max.max(1),
+            dropped: None,
+            done: false,
+        }
+    }
+
     /// The next page to read; `None` once the replay is over.
     pub fn request(&self) -> Option<PageRequest> {
         (!self.done).then(|| PageRequest {

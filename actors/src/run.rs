@@ -384,6 +384,13 @@ impl RunActor {
         let st = &self.setup.state;
         c.set_counter(st.counter());
         c.set_status(st.status());
+        let done = st
+            .nodes()
+            .iter()
+            .filter(|&&n| n == NodeStatus::Completed)
+            .count();
+        let ended = st.status().is_terminal().then(crate::event::now_ms);
+        c.set_progress(done, ended);
         if st.status().is_terminal() {
             c.active = -1;
         }

@@ -569,6 +569,8 @@ async fn initialise(
     c.active = if step.finished { -1 } else { 1 };
     c.set_status(state.status());
     c.set_counter(state.counter());
+    // Nothing has completed yet; a run whose every node was skipped ends here.
+    c.set_progress(0, step.finished.then(crate::event::now_ms));
     for &e in &step.activated {
         c.set_node(
             &dag.node(e).id,

@@ -26,12 +26,18 @@ impl Daemon {
         Self::start_with_url(&redis.url(), extra)
     }
 
+    /// Starts `flowcast serve` against the Redis at `redis_url`; the
+    /// listeners are on free ports unless `extra` gives `--api-addr` /
+    /// `--ws-addr` (a restarted daemon that clients reconnect to).
     pub fn start_with_url(redis_url: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowcast"));
-        cmd.arg("serve")
-            .args(["--redis-url", redis_url])
-            .args(["--api-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0"])
-            .arg("--workflows-dir")
+        cmd.arg("serve").args(["--redis-url", redis_url]);
+        for flag in ["--api-addr", "--ws-addr"] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.arg("--workflows-dir")
             .arg(repo().join("examples/workflows"))
             .args(["--workers", "1"])
             .args(extra)

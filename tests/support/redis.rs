@@ -215,12 +215,45 @@ pub async fn publish_padded(
     pad: &str,
 ) {
     let mut pipe = redis::pipe();
-    for _ in 0..n {
-        *seq += 1;
-        let e = json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad});
-        pipe.cmd("PUBLISH")
+    for e in padded(run_id, seq, n, pad) {
+        pipe.cmd("PUBLISH").arg(keys::channel(user)).arg(e).ignore();
+    }
+    pipe.query_async::<()>(conn).await.unwrap();
+}
+
+/// `n` padded `node_completed` events of `run_id`, numbered on from `seq`.
+fn padded(run_id: &str, seq: &mut u64, n: u64, pad: &str) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            *seq += 1;
+            json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad}).to_string()
+        })
+        .collect()
+}
+
+/// Like [`publish_padded`], but each event is also appended to the user's
+/// history stream first and published with its history id as `event_id`,
+/// as the daemon's commit does, so that a client can resume over them.
+pub async fn publish_padded_with_history(
+    conn: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    run_id: &str,
+    seq: &mut u64,
+    n: u64,
+    pad: &str,
+) {
+    // The commit script's last steps: XADD, then PUBLISH with the id spliced in.
+    const SCRIPT: &str = r#"local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
+        redis.call('PUBLISH', ARGV[1], string.sub(ARGV[2], 1, -2) .. ',"event_id":"' .. id .. '"}')
+        return id"#;
+    let mut pipe = redis::pipe();
+    for e in padded(run_id, seq, n, pad) {
+        pipe.cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(keys::history(user))
             .arg(keys::channel(user))
-            .arg(e.to_string())
+            .arg(e)
             .ignore();
     }
     pipe.query_async::<()>(conn).await.unwrap();

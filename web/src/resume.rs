@@ -3,7 +3,9 @@
 //! it against the user's history before anything is sent (400 when it is
 //! later than any event this server can have sent, 503 while Redis is
 //! unreachable), giving the transport a paged
-//! [`ReplayCursor`](flowcast_actors::replay::ReplayCursor) to drive.
+//! [`ReplayCursor`](flowcast_actors::replay::ReplayCursor) to drive; and,
+//! for SSE, the replay that gives a stream opened without a position one
+//! ([`open_at_end`]).
 
 use flowcast_actors::fanout::Filter;
 use flowcast_actors::replay::{self, ReplayCursor};
@@ -27,11 +29,7 @@ pub async fn open_replay(
     after: StreamId,
     filter: Filter,
 ) -> Result<ReplayCursor, ApiError> {
-    let limits = replay::ReplayLimits {
-        hold_max: st.ws.max_queue_msgs,
-        retention: st.ws.retention,
-    };
-    replay::open(&mut st.redis.clone(), user, after, filter, limits)
+    replay::open(&mut st.redis.clone(), user, after, filter, limits(st))
         .await
         .map_err(|e| match e {
             flowcast_actors::Error::InvalidInput(m) => {
@@ -39,4 +37,24 @@ pub async fn open_replay(
             }
             other => other.into(),
         })
+}
+
+/// Prepares the replay of a stream that starts live at the end of the
+/// user's history but tells its client that position (SSE; see
+/// [`replay::open_at_end`]). A Redis failure is the caller's to weigh: a
+/// stream may start live without a position instead.
+pub async fn open_at_end(
+    st: &AppState,
+    user: &str,
+    filter: Filter,
+) -> flowcast_actors::Result<ReplayCursor> {
+    replay::open_at_end(&mut st.redis.clone(), user, filter, limits(st)).await
+}
+
+/// A session's replay bounds: its queue bound and the retention.
+fn limits(st: &AppState) -> replay::ReplayLimits {
+    replay::ReplayLimits {
+        hold_max: st.ws.max_queue_msgs,
+        retention: st.ws.retention,
+    }
 }

@@ -14,7 +14,8 @@
 //! [`ReplayCursor`] (see `flowcast_actors::replay`): it has joined (so live
 //! events arrive and are held by the cursor), then reads the history page
 //! by page and releases the held live events newer than the last replayed
-//! one. No gap, no duplicate.
+//! one. No gap, no duplicate. [`admit_live`] is that seam, shared with the
+//! SSE session (`crate::sse`), which drives the same cursor.
 //!
 //! The replay goes at the pace the client reads. A page's frames are
 //! written, and the next page is read, inside this actor; actix-web polls a
@@ -40,9 +41,29 @@ use redis::aio::ConnectionManager;
 use crate::state::WsConfig;
 
 /// Begin the replay (sent once the session has joined its user's Fanout).
+/// Both transports' sessions take it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StartReplay;
+
+/// The seam between a session's replay and live, the same for both
+/// transports (WebSocket, SSE): the live frame to send now, or `None` when
+/// the replay holds it (history is still being read) or already sent it
+/// from history. Once a live frame newer than the replay arrives, the
+/// replay is dropped: every later one is newer too.
+pub fn admit_live(replay: &mut Option<ReplayCursor>, frame: Frame) -> Option<Frame> {
+    if let Some(cursor) = replay {
+        if !cursor.is_done() {
+            cursor.hold(frame);
+            return None;
+        }
+        if cursor.is_replayed(&frame) {
+            return None; // sent from history already
+        }
+        *replay = None;
+    }
+    Some(frame)
+}
 
 /// The session actor.
 pub struct WsSession {
@@ -141,17 +162,9 @@ impl Handler<Frame> for WsSession {
     type Result = ();
 
     fn handle(&mut self, frame: Frame, ctx: &mut Self::Context) {
-        if let Some(cursor) = &mut self.replay {
-            if !cursor.is_done() {
-                cursor.hold(frame);
-                return;
-            }
-            if cursor.is_replayed(&frame) {
-                return; // sent from history already
-            }
-            self.replay = None;
+        if let Some(frame) = admit_live(&mut self.replay, frame) {
+            ctx.text(frame.0.text.clone());
         }
-        ctx.text(frame.0.text.clone());
     }
 }
 

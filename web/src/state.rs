@@ -92,4 +92,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// How callers are identified.
     pub auth: crate::auth::Auth,
+    /// Where the dashboard's browsers reach `/events`.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }

@@ -6,9 +6,10 @@ use flowcast_actors::store::runs::RunPage;
 use flowcast_actors::store::{NodeRecord, RunRecord};
 use serde_json::{json, Map, Value};
 
-/// `GET /api/v1/runs/{id}`: status, counter, inputs and every node's state
+/// `GET /api/v1/runs/{id}`: status, counter, inputs, every node's state
 /// (nodes not reached yet are `waiting`; a `foreach` node's `items` says
-/// how many of how many are done); a child run names its parent.
+/// how many of how many are done), the workflow snapshot the run executes
+/// (its graph, for the dashboard); a child run names its parent.
 pub fn run(r: &RunRecord) -> Value {
     let nodes: Map<String, Value> = r
         .workflow
@@ -42,6 +43,7 @@ pub fn run(r: &RunRecord) -> Value {
         "created_ms": r.created_ms,
         "inputs": r.inputs,
         "nodes": nodes,
+        "workflow": r.workflow,
     });
     if let Some(p) = &r.parent {
         v["parent_run_id"] = json!(p.parent_run_id);

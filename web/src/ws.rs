@@ -8,19 +8,24 @@
 //! can have sent, so a bad request gets an HTTP 4xx with a JSON error, never
 //! a socket that closes at once. Without `last_event_id` the socket starts
 //! live, with no replay.
+//!
+//! SSE (`crate::sse`) takes the same steps with the same code: the query
+//! ([`parse_query`]), the Subscriber ([`fanout_of`]) and the join
+//! ([`join`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix::Addr;
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use flowcast_actors::event::EventBody;
 use flowcast_actors::fanout::{Filter, SessionHandle};
 use flowcast_actors::store::history::StreamId;
-use flowcast_actors::subscriber::{Join, JoinError};
+use flowcast_actors::subscriber::{Join, JoinError, Subscriber};
 
 use crate::auth::{stream_user, Auth};
 use crate::error::ApiError;
@@ -102,16 +107,13 @@ pub fn parse_query(qs: &str, headers: &HeaderMap, auth: &Auth) -> Result<WsQuery
     })
 }
 
-/// The `/ws` handler.
-pub async fn ws_index(
-    req: HttpRequest,
-    stream: web::Payload,
-    st: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let q = parse_query(req.query_string(), req.headers(), &st.auth)?;
+/// The Subscriber that new sessions join: a 404 on an instance without
+/// fan-out (role runner), a 503 once a drain has begun. Both transports
+/// (`/ws`, SSE `/events`) ask it before anything else.
+pub fn fanout_of(st: &AppState) -> Result<Addr<Subscriber>, ApiError> {
     let Some(subscriber) = st.subscriber.clone() else {
         return Err(ApiError::not_found(
-            "this instance serves no WebSockets (role runner)",
+            "this instance serves no event streams (role runner)",
         ));
     };
     if st.shutdown.is_cancelled() {
@@ -119,6 +121,48 @@ pub async fn ws_index(
             "the server is shutting down; reconnect to another instance",
         ));
     }
+    Ok(subscriber)
+}
+
+/// Joins a started session actor, of either transport, to its user's
+/// Fanout; a refusal is an HTTP error answered before the stream starts.
+/// Once this returns, live events reach the session, so a replay's first
+/// page is read only after it (no gap).
+pub async fn join(
+    subscriber: &Addr<Subscriber>,
+    user: &str,
+    session: SessionHandle,
+) -> Result<(), ApiError> {
+    match subscriber
+        .send(Join {
+            user: user.to_owned(),
+            session,
+        })
+        .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(JoinError::TooManySessions(n))) => Err(ApiError::too_many(
+            "too_many_sessions",
+            format!(
+                "user {user:?} already has {n} sessions, the limit per user (--max-sessions-per-user)"
+            ),
+            1,
+        )),
+        Ok(Err(JoinError::ShuttingDown)) => Err(ApiError::unavailable(
+            "the server is shutting down; reconnect to another instance",
+        )),
+        Err(_) => Err(ApiError::unavailable("fan-out is restarting; retry")),
+    }
+}
+
+/// The `/ws` handler.
+pub async fn ws_index(
+    req: HttpRequest,
+    stream: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = parse_query(req.query_string(), req.headers(), &st.auth)?;
+    let subscriber = fanout_of(&st)?;
     let replay = match q.last_event_id {
         Some(after) => Some(open_replay(&st, &q.username, after, q.filter.clone()).await?),
         None => None,
@@ -153,31 +197,7 @@ pub async fn ws_index(
         filter: q.filter,
         started,
     };
-    match subscriber
-        .send(Join {
-            user: q.username.clone(),
-            session: handle,
-        })
-        .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(JoinError::TooManySessions(n))) => {
-            return Err(ApiError::too_many(
-                "too_many_sessions",
-                format!(
-                "user {:?} already has {n} sessions, the limit per user (--max-sessions-per-user)",
-                q.username
-            ),
-                1,
-            ))
-        }
-        Ok(Err(JoinError::ShuttingDown)) => {
-            return Err(ApiError::unavailable(
-                "the server is shutting down; reconnect to another instance",
-            ))
-        }
-        Err(_) => return Err(ApiError::unavailable("fan-out is restarting; retry")),
-    }
+    join(&subscriber, &q.username, handle).await?;
     if replaying {
         // Joined: live events are held from here on, so history is read
         // only now (no gap).

@@ -130,6 +130,15 @@ impl Commit {
         self.set(field::COUNTER, counter.to_string());
     }
 
+    /// Records how many of the run's nodes have completed, and, once it has
+    /// ended, when (what run lists show without reading every node).
+    pub fn set_progress(&mut self, done: usize, ended_ms: Option<u64>) {
+        self.set(field::DONE, done.to_string());
+        if let Some(ms) = ended_ms {
+            self.set(field::ENDED_MS, ms.to_string());
+        }
+    }
+
     /// Records a node's state.
     pub fn set_node(&mut self, node_id: &str, state: &NodeRecord) {
         // A NodeRecord is plain data; serialising it cannot fail.

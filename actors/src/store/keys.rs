@@ -158,6 +158,12 @@ pub mod field {
     pub const SEQ: &str = "seq";
     /// Accepted at, Unix ms.
     pub const CREATED_MS: &str = "created_ms";
+    /// Number of nodes of the run's workflow.
+    pub const NODES: &str = "nodes";
+    /// Nodes completed so far.
+    pub const DONE: &str = "done";
+    /// Ended at (completed, failed or cancelled), Unix ms.
+    pub const ENDED_MS: &str = "ended_ms";
     /// The workflow snapshot (JSON).
     pub const WORKFLOW: &str = "workflow";
     /// The run's inputs (JSON).

@@ -120,6 +120,12 @@ pub struct RunSummary {
     pub counter: Option<u32>,
     /// When it was accepted, Unix ms.
     pub created_ms: Option<u64>,
+    /// Its workflow's number of nodes.
+    pub nodes: Option<u32>,
+    /// Nodes completed so far.
+    pub done: Option<u32>,
+    /// When it ended, Unix ms (absent while it runs).
+    pub ended_ms: Option<u64>,
     /// The parent run, for a child run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_run_id: Option<String>,
@@ -206,6 +212,7 @@ fn new_run_fields(
         (field::COUNTER, "0".into()),
         (field::SEQ, "0".into()),
         (field::CREATED_MS, created_ms.to_string()),
+        (field::NODES, workflow.nodes.len().to_string()),
         (field::WORKFLOW, wf),
         (field::INPUTS, inputs.to_string()),
     ])
@@ -503,6 +510,9 @@ pub async fn list<C: ConnectionLike + Send + Sync>(
         Option<String>,
         Option<u32>,
         Option<u64>,
+        Option<u32>,
+        Option<u32>,
+        Option<u64>,
         Option<String>,
     );
     let limit = limit.max(1);
@@ -537,13 +547,18 @@ pub async fn list<C: ConnectionLike + Send + Sync>(
                     field::STATUS,
                     field::COUNTER,
                     field::CREATED_MS,
+                    field::NODES,
+                    field::DONE,
+                    field::ENDED_MS,
                     field::PARENT_RUN_ID,
                 ],
             );
         }
         let rows: Vec<Row> = pipe.query_async(conn).await?;
         let fetched = members.len();
-        for (m, (tag, status, counter, created_ms, parent)) in members.into_iter().zip(rows) {
+        for (m, (tag, status, counter, created_ms, nodes, done, ended_ms, parent)) in
+            members.into_iter().zip(rows)
+        {
             match (keys::index_run_id(&m), tag, status) {
                 (Some(run_id), Some(tag), Some(status)) => {
                     let run = RunSummary {
@@ -552,6 +567,9 @@ pub async fn list<C: ConnectionLike + Send + Sync>(
                         status,
                         counter,
                         created_ms,
+                        nodes,
+                        done,
+                        ended_ms,
                         parent_run_id: parent,
                     };
                     found.push((m, run));
