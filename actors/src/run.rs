@@ -161,21 +161,48 @@ impl Output {
     }
 }
 
-/// Runs `f` on a blocking thread.
+/// Values with at most this many parts (scalars, array items, object
+/// entries, all levels together) are copied and hashed in place: a hop to a
+/// blocking thread costs more than the work. Larger ones go off the run
+/// actors' thread, so that one run's big outputs never stall the others.
+const INLINE_PARTS: usize = 512;
+
+/// True when `values` have at most `budget` parts in all (stops counting
+/// past it, so a huge value costs no more than a small one to judge).
+fn small<'a>(values: impl IntoIterator<Item = &'a Value>, mut budget: usize) -> bool {
+    let mut stack: Vec<&Value> = values.into_iter().collect();
+    while let Some(v) = stack.pop() {
+        if budget == 0 {
+            return false;
+        }
+        budget -= 1;
+        match v {
+            Value::Array(a) => stack.extend(a),
+            Value::Object(m) => stack.extend(m.values()),
+            Value::String(s) if s.len() > 4096 => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Runs `f` on a blocking thread, or in place when `inline`.
 async fn off_thread<T: Send + 'static>(
+    inline: bool,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NodeError> {
+    if inline {
+        return Ok(f());
+    }
     actix_rt::task::spawn_blocking(f)
         .await
         .map_err(|_| NodeError::fatal("a worker thread failed"))
 }
 
-/// Hashes and serialises an output on a blocking thread (`null` in place).
+/// Hashes and serialises an output (off the actors' thread when large).
 async fn output_of(v: Value) -> Result<Output, NodeError> {
-    match v {
-        Value::Null => Ok(Output::of(Value::Null)),
-        v => off_thread(move || Output::of(v)).await,
-    }
+    let inline = small([&v], INLINE_PARTS);
+    off_thread(inline, move || Output::of(v)).await
 }
 
 /// What a node's filters see: `{inputs, nodes: {<id>: <output>}}`, and
@@ -200,7 +227,11 @@ impl Input {
         match self {
             Self::None => Ok(Value::Null),
             Self::Node(inputs, outputs) => {
-                off_thread(move || {
+                let inline = small(
+                    std::iter::once(&*inputs).chain(outputs.iter().map(|(_, v)| &**v)),
+                    INLINE_PARTS,
+                );
+                off_thread(inline, move || {
                     let nodes: Map<String, Value> = outputs
                         .into_iter()
                         .map(|(id, v)| (id, Value::clone(&v)))
@@ -213,7 +244,8 @@ impl Input {
                 .await
             }
             Self::Item { base, index, item } => {
-                off_thread(move || {
+                let inline = small([&*base, &item], INLINE_PARTS);
+                off_thread(inline, move || {
                     let mut input = Value::clone(&base);
                     if let Value::Object(m) = &mut input {
                         m.insert("item".into(), item);
@@ -1352,5 +1384,20 @@ pub async fn start(
         state,
         step,
         failing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn small_counts_every_part_and_stops_at_the_budget() {
+        assert!(small([&json!({"a": [1, 2], "b": "x"})], 5));
+        assert!(!small([&json!({"a": [1, 2], "b": "x"})], 4));
+        assert!(!small([&json!("y".repeat(5000))], 100));
+        let huge = json!((0..100_000).collect::<Vec<_>>());
+        assert!(!small([&huge], INLINE_PARTS));
     }
 }
