@@ -4,10 +4,14 @@
 #
 #   scripts/bench-fanout.sh SCENARIO [TARGETS]
 #
-# SCENARIO: closed | broadcast | tenants | sweep | idle | reuseport
-# TARGETS:  any of flowcast,nchan-redis,nchan-mem (default: all three)
+# SCENARIO: closed | broadcast | tenants | sweep | idle | reuseport | replay
+# TARGETS:  any of flowcast,flowcast-sse,nchan-redis,nchan-mem (default:
+#           flowcast,nchan-redis,nchan-mem; reuseport and replay run
+#           flowcast only); flowcast-sse is the same server measured through
+#           its SSE endpoint instead of WebSockets
 # Env: BENCH_DIR (default /tmp/flowcast-bench), REDIS_PORT (6400), DURATION,
-#      RATES (sweep), IDLE_CONNS (idle), FANOUT_PROCS and TOTAL_CONNS (reuseport).
+#      RATES (sweep), IDLE_CONNS (idle), FANOUT_PROCS and TOTAL_CONNS (reuseport),
+#      REPLAY_EVENTS and REPLAY_CONNS (replay).
 # Each server is started fresh for its run and stopped after; JSON lines go to
 # $BENCH_DIR/results.jsonl. Needs `cargo build --release`, redis-server, and
 # nginx + libnginx-mod-nchan for the nchan targets (both installed with
@@ -17,7 +21,7 @@
 # shellcheck source=scripts/bench-lib.sh
 source "$(dirname "$0")/bench-lib.sh"
 
-SCENARIO="${1:?usage: $0 closed|broadcast|tenants|sweep|idle|reuseport [targets]}"
+SCENARIO="${1:?usage: $0 closed|broadcast|tenants|sweep|idle|reuseport|replay [targets]}"
 TARGETS="${2:-flowcast,nchan-redis,nchan-mem}"
 
 bench_start_redis
@@ -28,6 +32,11 @@ start_target() {
         flowcast)
             bench_start_flowcast fanout
             URL="ws://127.0.0.1:$WS_PORT/ws?username={user}"
+            PUB=(--redis-url "$REDIS_URL")
+            PIDS="$(bench_pid_flags "$FLOWCAST_PID")";;
+        flowcast-sse)
+            bench_start_flowcast fanout
+            URL="http://127.0.0.1:$WS_PORT/events?username={user}"
             PUB=(--redis-url "$REDIS_URL")
             PIDS="$(bench_pid_flags "$FLOWCAST_PID")";;
         nchan-redis | nchan-mem)
@@ -103,7 +112,7 @@ PY
 
 for target in ${TARGETS//,/ }; do
     # HTTP publishing (nchan) needs a few connections to reach high rates.
-    http_conns=2; [ "$target" != flowcast ] && http_conns="${PUB_CONNS:-8}"
+    http_conns=2; [ "${target#flowcast}" = "$target" ] && http_conns="${PUB_CONNS:-8}"
     case "$SCENARIO" in
         closed)     # target 1: 1 user × 1,000 connections, closed-loop publisher
             run_target "$target" --users 1 -c 1000 --window 8 -d "${DURATION:-10}";;
@@ -123,6 +132,14 @@ for target in ${TARGETS//,/ }; do
         reuseport)  # target 4: 100,000 idle connections, several fan-out processes on one port
             [ "$target" = flowcast ] || continue
             run_reuseport;;
+        replay)     # issue 11: server RSS while many clients replay a long history, reading slowly
+            [ "$target" = flowcast ] || continue
+            bench_start_flowcast fanout
+            bench_run replay --url "ws://127.0.0.1:$WS_PORT/ws?username={user}&last_event_id=0" \
+                --redis-url "$REDIS_URL" --pid "$FLOWCAST_PID" --label replay \
+                -n "${REPLAY_EVENTS:-20000}" -c "${REPLAY_CONNS:-50}" --pad-bytes 4000 \
+                --read-batch 100 --read-pause-ms 20 || bench_log "replay: bench failed"
+            bench_stop_all_but_redis;;
         *) bench_log "unknown scenario $SCENARIO"; exit 2;;
     esac
 done

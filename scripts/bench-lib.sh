@@ -17,7 +17,8 @@
 # Env: FLOWCAST (the server binary, default target/release/flowcast),
 # BENCH_CLIENT (the binary that runs `flowcast bench`, default $FLOWCAST: set
 # it to compare two server builds with the same client), BENCH_DIR, RESULTS,
-# REDIS_PORT, API_PORT, WS_PORT, NCHAN_REDIS_PORT, NCHAN_MEM_PORT.
+# REDIS_PORT, API_PORT, WS_PORT, NCHAN_REDIS_PORT, NCHAN_MEM_PORT, WORKFLOWS_DIR
+# (the daemon's --workflows-dir, default examples/workflows).
 
 set -euo pipefail
 
@@ -96,13 +97,17 @@ bench_start_redis() {
 # hundreds of runs per second on one user, which is what they measure, not
 # what a tenant may do (the defaults are 100 sessions, 1,000 active runs and
 # 100 runs/s per user).
+# An older build (FLOWCAST=..., for a before/after comparison in one run)
+# gets only the flags it knows.
 bench_start_flowcast() {
     local role="$1"; shift
+    local limits=(--max-sessions-per-user 1000000)
+    if "$FLOWCAST" serve --help | grep -q -- --max-active-runs-per-user; then
+        limits+=(--max-active-runs-per-user 1000000 --max-runs-per-sec-per-user 1000000)
+    fi
     RUST_LOG="${RUST_LOG:-warn}" "$FLOWCAST" serve --role "$role" --redis-url "$REDIS_URL" \
-        --api-addr "127.0.0.1:$API_PORT" --ws-addr "127.0.0.1:$WS_PORT" --workflows-dir "$ROOT/examples/workflows" \
-        --max-sessions-per-user 1000000 --max-active-runs-per-user 1000000 \
-        --max-runs-per-sec-per-user 1000000 \
-        "$@" >>"$BENCH_DIR/flowcast.log" 2>&1 &
+        --api-addr "127.0.0.1:$API_PORT" --ws-addr "127.0.0.1:$WS_PORT" --workflows-dir "${WORKFLOWS_DIR:-$ROOT/examples/workflows}" \
+        "${limits[@]}" "$@" >>"$BENCH_DIR/flowcast.log" 2>&1 &
     FLOWCAST_PID=$!; BENCH_PIDS+=("$FLOWCAST_PID")
     bench_wait_port "$WS_PORT"
     bench_log "flowcast ($role) pid $FLOWCAST_PID"

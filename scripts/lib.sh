@@ -22,28 +22,38 @@ _as_root() {
     fi
 }
 
-# ensure_redis_installed: makes sure redis-server and redis-cli are on PATH.
-# Installs the Debian/Ubuntu package redis-server (which pulls in redis-tools,
-# the package of redis-cli) with apt-get, as root or through sudo. Exits 1 with
-# a message saying what to install when that is impossible.
-#
-# The package may try to start a Redis service on install; nothing here relies
-# on that (there may be no systemd): callers start their own Redis.
-# Makes sure python3 (3.9+) and node (18+) are on PATH: the worker
-# libraries' tests and the integration tests that run real workers need
-# them. Installs Debian's python3 / nodejs with apt-get when missing.
+# _apt_install WHAT HOW PACKAGE...: installs Debian packages with apt-get, as
+# root or through sudo; exits 1 saying WHAT is missing and HOW to get it when
+# that is impossible.
+_apt_install() {
+    local what="$1" how="$2"
+    shift 2
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log_error "${what} not found on PATH and apt-get is not available: ${how}"
+        exit 1
+    fi
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+        log_error "${what} not found on PATH; installing needs root and sudo is not available: ${how}"
+        exit 1
+    fi
+    log_info "${what} not found; installing $* with apt-get"
+    if ! _as_root env DEBIAN_FRONTEND=noninteractive apt-get update \
+        || ! _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
+        log_error "apt-get could not install $*: ${how}"
+        exit 1
+    fi
+}
+
+# ensure_worker_runtimes: makes sure python3 (3.9+) and node (18+) are on
+# PATH: the worker libraries' tests and the integration tests that run real
+# workers need them. Installs Debian's python3 / nodejs with apt-get when
+# missing; exits 1 when that is impossible or node is too old.
 ensure_worker_runtimes() {
     local missing=()
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     if [ "${#missing[@]}" -gt 0 ]; then
-        if ! command -v apt-get >/dev/null 2>&1; then
-            log_error "${missing[*]} not found and apt-get is not available: install Python 3.9+ and Node 18+"
-            exit 1
-        fi
-        log_info "${missing[*]} not found; installing with apt-get"
-        _as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-        _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+        _apt_install "${missing[*]}" "install Python 3.9+ and Node 18+ and run this again" "${missing[@]}"
         hash -r
     fi
     if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
@@ -52,6 +62,13 @@ ensure_worker_runtimes() {
     fi
 }
 
+# ensure_redis_installed: makes sure redis-server and redis-cli are on PATH.
+# Installs the Debian/Ubuntu package redis-server (which pulls in redis-tools,
+# the package of redis-cli) with apt-get, as root or through sudo. Exits 1 with
+# a message saying what to install when that is impossible.
+#
+# The package may try to start a Redis service on install; nothing here relies
+# on that (there may be no systemd): callers start their own Redis.
 ensure_redis_installed() {
     if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
         return 0
@@ -61,21 +78,7 @@ ensure_redis_installed() {
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-cli)
     local how="install Redis (Debian/Ubuntu: 'apt-get install redis-server', which provides redis-server and redis-cli; macOS: 'brew install redis') and run this again"
 
-    if ! command -v apt-get >/dev/null 2>&1; then
-        log_error "${missing[*]} not found on PATH and apt-get is not available: ${how}"
-        exit 1
-    fi
-    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
-        log_error "${missing[*]} not found on PATH; installing needs root and sudo is not available: ${how}"
-        exit 1
-    fi
-
-    log_info "${missing[*]} not found; installing the redis-server package with apt-get"
-    if ! _as_root env DEBIAN_FRONTEND=noninteractive apt-get update \
-        || ! _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; then
-        log_error "apt-get could not install redis-server: ${how}"
-        exit 1
-    fi
+    _apt_install "${missing[*]}" "$how" redis-server
     hash -r
     if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
         log_error "redis-server and redis-cli are still not on PATH after installing: ${how}"
@@ -202,6 +205,26 @@ start_local_redis() {
     log_error "redis-server did not answer PING on 127.0.0.1:${port} within 10 s; end of ${datadir}/redis.log:"
     [ -f "$datadir/redis.log" ] && tail -n 20 "$datadir/redis.log" >&2
     return 1
+}
+
+# ensure_chromium_installed: makes sure headless Chromium and its WebDriver
+# (chromium, chromedriver) are on PATH, for the dashboard's browser tests:
+# installs Debian's chromium and chromium-driver with apt-get when missing.
+# Exits 1 when that is impossible (no network, no apt-get): those tests must
+# fail loudly, never pass without a browser.
+ensure_chromium_installed() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return 0
+    fi
+    _apt_install "chromium/chromedriver" \
+        "install Chromium and its WebDriver (Debian/Ubuntu: 'apt-get install chromium chromium-driver') and run this again" \
+        chromium chromium-driver
+    hash -r
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        log_error "chromium and chromedriver are still not on PATH after installing"
+        exit 1
+    fi
+    log_info "installed $(chromium --version 2>/dev/null | head -n 1)"
 }
 
 # ensure_cargo: makes sure cargo is on PATH (picking up ~/.cargo/bin when a

@@ -3,8 +3,9 @@
 # own tests (clients/python, clients/js), and the whole test suite (unit and
 # integration tests, against real Redis servers, with real worker processes).
 #
-# Makes sure redis-server and redis-cli are installed (apt-get when missing;
-# CI runs this as root on a clean Debian machine). It does not start a Redis:
+# Makes sure redis-server and redis-cli, and Chromium with chromedriver (the
+# dashboard is tested in a real headless browser), are installed (apt-get when
+# missing; CI runs this as root on a clean Debian machine). It does not start a Redis:
 # the integration tests start private redis-server processes on free ports,
 # using the binary in FLOWCAST_TEST_REDIS_SERVER (exported here).
 #
@@ -36,6 +37,7 @@ trap on_exit EXIT
 ensure_cargo
 ensure_redis_installed
 ensure_worker_runtimes
+ensure_chromium_installed
 FLOWCAST_TEST_REDIS_SERVER="$(command -v redis-server)"
 export FLOWCAST_TEST_REDIS_SERVER
 log_info "redis-server for the tests: ${FLOWCAST_TEST_REDIS_SERVER} ($(redis-server --version | head -n 1))"

@@ -42,13 +42,17 @@ pub enum BenchCommand {
     /// Runner: submit runs, listen on WebSocket, and measure the Redis
     /// ceiling of the writes one node completion needs.
     Runs(Box<RunsArgs>),
+    /// Replay: many WebSocket clients resuming from the start of a long
+    /// history and reading slowly, with the server's peak memory.
+    Replay(Box<ReplayArgs>),
 }
 
 /// `flowcast bench fanout` settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
-    /// WebSocket URL template; `{user}` is replaced by the user name
-    /// (nchan: ws://127.0.0.1:8090/sub/{user}).
+    /// WebSocket URL template, or with http:// an SSE one
+    /// (http://127.0.0.1:8084/events?username={user}); `{user}` is replaced
+    /// by the user name (nchan: ws://127.0.0.1:8090/sub/{user}).
     #[arg(long, default_value = "ws://127.0.0.1:8084/ws?username={user}")]
     pub url: String,
     /// Users (channels); connections are spread over them round-robin.
@@ -130,14 +134,31 @@ pub struct RunsArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8084/ws?username={user}")]
     pub ws_url: String,
     /// Register this workflow file (PUT /api/v1/workflows/{tag}) and run it.
-    #[arg(long, conflicts_with_all = ["tag", "wide"])]
+    #[arg(long, conflicts_with_all = ["tag", "wide", "foreach", "foreach_children"])]
     pub workflow: Option<PathBuf>,
     /// Run an already registered workflow.
-    #[arg(long, conflicts_with = "wide")]
+    #[arg(long, conflicts_with_all = ["wide", "foreach", "foreach_children"])]
     pub tag: Option<String>,
     /// Register and run a generated fan-out: start → N × delay 0 → end.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["foreach", "foreach_children"])]
     pub wide: Option<usize>,
+    /// Register and run one delay-0 node with `foreach` over N items.
+    #[arg(long, conflicts_with = "foreach_children")]
+    pub foreach: Option<usize>,
+    /// Register and run a `workflow` node with `foreach` over N items: one
+    /// child run (of a one-node workflow) per item.
+    #[arg(long)]
+    pub foreach_children: Option<usize>,
+    /// `concurrency` of the generated `foreach` node.
+    #[arg(long, default_value_t = 16)]
+    pub item_concurrency: u32,
+    /// The generated workflow asks for `node_started` events.
+    #[arg(long)]
+    pub node_started: bool,
+    /// With --wide: make every node a transform running this jq filter
+    /// (CPU work or large outputs, e.g. for a fair-share flood).
+    #[arg(long, requires = "wide")]
+    pub wide_filter: Option<String>,
     /// The runs' inputs (JSON object).
     #[arg(long, default_value = r#"{"city":"Paris"}"#)]
     pub inputs: String,
@@ -172,6 +193,45 @@ pub struct RunsArgs {
     #[arg(long, default_value_t = 10_000)]
     pub history_max: u64,
     /// Server process(es) whose RSS and CPU time to report (repeatable).
+    #[arg(long)]
+    pub pid: Vec<u32>,
+    /// Free text copied into the report.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// `flowcast bench replay` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// WebSocket URL template resuming from the start; `{user}` is replaced
+    /// by the bench user.
+    #[arg(
+        long,
+        default_value = "ws://127.0.0.1:8084/ws?username={user}&last_event_id=0"
+    )]
+    pub url: String,
+    /// Redis the server uses (its history stream is filled directly).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Events in the history.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    pub events: u64,
+    /// Padding per event, in bytes.
+    #[arg(long, default_value_t = 4000)]
+    pub pad_bytes: usize,
+    /// Connections replaying at once.
+    #[arg(long, short = 'c', default_value_t = 20)]
+    pub connections: usize,
+    /// Each connection pauses after this many events...
+    #[arg(long, default_value_t = 100)]
+    pub read_batch: u64,
+    /// ...for this long, ms (0: read as fast as possible).
+    #[arg(long, default_value_t = 20)]
+    pub read_pause_ms: u64,
+    /// The bench user's name is this prefix plus a random id.
+    #[arg(long, default_value = "bench-replay-")]
+    pub user_prefix: String,
+    /// Server process(es) whose RSS to sample (repeatable).
     #[arg(long)]
     pub pid: Vec<u32>,
     /// Free text copied into the report.

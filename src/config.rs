@@ -13,9 +13,12 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use flowcast_actors::egress::EgressPolicy;
-use flowcast_actors::runner::{RunnerConfig, DEFAULT_MAX_OUTPUT_BYTES};
+use flowcast_actors::runner::{RunnerConfig, DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_OUTPUT_BYTES};
+use flowcast_actors::store::leases::Holder;
 use flowcast_actors::store::runs::RunQuota;
-use flowcast_actors::{publisher, subscriber};
+use flowcast_actors::store::Retention;
+use flowcast_actors::subscriber;
+use flowcast_actors::workflow::DEFAULT_MAX_CHILD_DEPTH;
 use flowcast_web::{Limits, WsConfig};
 
 /// How long a drain waits for running work by default.
@@ -85,15 +88,21 @@ pub struct ServeConfig {
     /// Shared HS256 secret that signs tokens (`--auth jwt`).
     #[arg(long, env = "FLOWCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Runner instance name (consumer name and lease holder); keep it stable across restarts.
+    /// Runner instance name, for people (consumer name; leases add a nonce
+    /// per process); keep it stable across restarts.
     #[arg(long, env = "FLOWCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// How long a drain waits for running work, in ms.
     #[arg(long, env = "FLOWCAST_DRAIN_GRACE_MS", default_value_t = ms(DRAIN_GRACE))]
     pub drain_grace_ms: u64,
     /// Events kept per user in the history stream.
-    #[arg(long, env = "FLOWCAST_HISTORY_MAX", default_value_t = publisher::DEFAULT_HISTORY_MAX)]
+    #[arg(long, env = "FLOWCAST_HISTORY_MAX", default_value_t = Retention::DEFAULT_HISTORY_MAX)]
     pub history_max: u64,
+    /// How long a finished run (record, events, outputs no live run holds)
+    /// and a history event are kept: a number and a unit, s, m, h or d
+    /// (30s, 15m, 12h, 7d).
+    #[arg(long, env = "FLOWCAST_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub retention: Duration,
     /// Largest request body, in bytes.
     #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
@@ -163,10 +172,21 @@ pub struct ServeConfig {
     /// (127.0.0.1:9000, [::1]:9000, svc.internal:8080).
     #[arg(long, env = "FLOWCAST_HTTP_ALLOW")]
     pub http_allow: Option<EgressPolicy>,
+    /// URL of the fan-out's `/events` as browsers reach it, for the
+    /// dashboard (default: the dashboard's host at the fan-out listener's
+    /// port); set it behind a proxy or on `--role runner` instances.
+    #[arg(long, env = "FLOWCAST_EVENTS_URL")]
+    pub events_url: Option<String>,
     /// Largest node output (canonical JSON), in bytes: a node whose output
     /// is larger fails; http response bodies are read up to it.
     #[arg(long, env = "FLOWCAST_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: usize,
+    /// Most items a `foreach` may yield; more fails the node.
+    #[arg(long, env = "FLOWCAST_MAX_FOREACH_ITEMS", default_value_t = DEFAULT_MAX_FOREACH_ITEMS)]
+    pub max_foreach_items: usize,
+    /// How deeply child workflows may nest (a run started by a user is at 0).
+    #[arg(long, env = "FLOWCAST_MAX_CHILD_DEPTH", default_value_t = DEFAULT_MAX_CHILD_DEPTH)]
+    pub max_child_depth: u32,
 }
 
 impl ServeConfig {
@@ -187,11 +207,48 @@ impl ServeConfig {
     }
 }
 
+/// Longest `--retention` accepted (ten years: beyond it, "forever" is meant,
+/// and Redis expiries would overflow Unix ms arithmetic long before).
+const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// Parses a `--retention` value: a positive whole number and a unit
+/// (`s`, `m`, `h`, `d`).
+pub fn parse_retention(s: &str) -> Result<Duration, String> {
+    let expected = "expected a number and a unit s, m, h or d, like 30s, 15m, 12h or 7d";
+    let unit_at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(unit_at);
+    let secs_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: {expected}")),
+    };
+    let n: u64 = match digits.parse() {
+        Ok(n) if n > 0 => n,
+        _ => return Err(format!("{s:?}: {expected} (at least 1s)")),
+    };
+    match n.checked_mul(secs_per).map(Duration::from_secs) {
+        Some(d) if d <= MAX_RETENTION => Ok(d),
+        _ => Err(format!("{s:?} is longer than the most accepted, 3650d")),
+    }
+}
+
+impl From<&ServeConfig> for Retention {
+    fn from(c: &ServeConfig) -> Self {
+        Self {
+            keep: c.retention,
+            history_max: c.history_max,
+        }
+    }
+}
+
 impl From<&ServeConfig> for Limits {
     fn from(c: &ServeConfig) -> Self {
         Self {
             max_body_bytes: c.max_body_bytes,
             max_nodes: c.max_nodes,
+            max_child_depth: c.max_child_depth,
             run_quota: c.into(),
             max_output_bytes: c.max_output_bytes,
             ..Self::default()
@@ -215,6 +272,7 @@ impl From<&ServeConfig> for WsConfig {
             client_timeout: Duration::from_millis(c.client_timeout_ms),
             tcp_user_timeout: Duration::from_millis(c.tcp_user_timeout_ms.max(1000)),
             max_queue_msgs: c.max_queue_msgs.max(1),
+            retention: c.retention,
             ..Self::default()
         }
     }
@@ -223,12 +281,54 @@ impl From<&ServeConfig> for WsConfig {
 impl From<&ServeConfig> for RunnerConfig {
     fn from(c: &ServeConfig) -> Self {
         Self {
-            instance_id: c.instance_id(),
+            // A fresh nonce: this process, as its leases name it.
+            holder: Holder::new(c.instance_id()),
             lease: Duration::from_millis(c.lease_ms.max(1000)),
             max_nodes: c.max_nodes,
             egress: c.http_allow.clone().unwrap_or_default(),
             max_output_bytes: c.max_output_bytes,
+            max_foreach_items: c.max_foreach_items,
+            max_child_depth: c.max_child_depth,
+            run_quota: c.into(),
             ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_takes_a_number_and_a_unit() {
+        for (s, secs) in [
+            ("30s", 30),
+            ("15m", 900),
+            ("12h", 43_200),
+            ("7d", 604_800),
+            ("1s", 1),
+            ("3650d", 3650 * 86_400),
+        ] {
+            assert_eq!(parse_retention(s), Ok(Duration::from_secs(secs)), "{s}");
+        }
+        for bad in [
+            "",
+            "7",
+            "d",
+            "0s",
+            "-1d",
+            "1.5h",
+            "7 d",
+            " 7d",
+            "7D",
+            "7days",
+            "1w",
+            "3651d",
+            "99999999999999999999d",
+            "18446744073709551615d",
+        ] {
+            let e = parse_retention(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad:?}: {e}");
         }
     }
 }

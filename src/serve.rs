@@ -14,16 +14,18 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Supervisor;
+use actix::{Arbiter, Supervisor};
 use actix_web::{App, HttpServer};
 use anyhow::{bail, Context};
 use flowcast_actors::metrics::Metrics;
 use flowcast_actors::publisher::Publisher;
 use flowcast_actors::registry;
 use flowcast_actors::runner::{Drain, Runner, RunnerConfig};
-use flowcast_actors::store::{self, requests, workflows};
+use flowcast_actors::store::leases::Presence;
+use flowcast_actors::store::{self, requests, workflows, Retention};
 use flowcast_actors::subscriber::{CloseAllSessions, Subscriber};
 use flowcast_web::auth::{Auth, JwtVerifier};
+use flowcast_web::dashboard::DashboardConfig;
 use flowcast_web::{AppState, WsConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +106,11 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
     let metrics = Metrics::new();
     let ws_cfg = WsConfig::from(&cfg);
 
+    // The runner half works on threads of its own: the Runner and its run
+    // actors on one, the Publisher on another, so that node execution and
+    // large commits never delay the fan-out (which stays on this thread and
+    // its Fanout threads) or each other. Stopped at the end of the drain.
+    let mut threads = Vec::new();
     let mut runner = None;
     if cfg.role.runs_runner() {
         requests::ensure_group(&mut redis.clone()).await?;
@@ -111,6 +118,17 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
             let dags = registry::read_dir(&dir, cfg.max_nodes)?;
             for dag in &dags {
                 workflows::put_shared(&mut redis.clone(), dag).await?;
+            }
+            // Once all are stored: they may run each other as children.
+            for dag in &dags {
+                let wf = &dag.workflow;
+                let shared = workflows::Resolve::Shared;
+                if let Err(e) =
+                    workflows::check_children(&mut redis.clone(), shared, wf, cfg.max_child_depth)
+                        .await?
+                {
+                    bail!("workflow {:?} in {}: {e}", wf.tag, dir.display());
+                }
             }
             log::info!(
                 "registered {} shared workflows from {}",
@@ -120,26 +138,36 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         }
         // Blocking reads get their own connection, with room for the BLOCK time.
         let reader = store::connect(&client, Some(Duration::from_secs(10))).await?;
+        let publisher_thread = Arbiter::new();
         let publisher = {
-            let (conn, m, max) = (redis.clone(), metrics.clone(), cfg.history_max);
-            Supervisor::start(move |_| Publisher::new(conn, max, m))
+            let (conn, m, keep) = (redis.clone(), metrics.clone(), Retention::from(&cfg));
+            Supervisor::start_in_arbiter(&publisher_thread.handle(), move |_| {
+                Publisher::new(conn, keep, m)
+            })
         };
         let mut rcfg = RunnerConfig::from(&cfg);
         // Filters run in sandboxed children: `<this binary> jq-worker`.
         rcfg.jq_worker = flowcast_actors::jq::WorkerCommand::current_exe()
             .context("cannot find this executable to start jq evaluators")?;
-        log::info!("runner instance {}", rcfg.instance_id);
+        log::info!(
+            "runner instance {} (this process: {})",
+            rcfg.holder.instance,
+            rcfg.holder
+        );
+        // Announced before the runner takes any lease: a process of the same
+        // instance takes over only leases whose process is not present.
+        let presence = Presence::announce(&client, &rcfg.holder)
+            .await
+            .context("cannot open the runner's presence connection to Redis")?;
+        let runner_thread = Arbiter::new();
         // Cancel requests from other instances arrive through the one control
         // subscription of `outside::listen` below, not `Runner::with_control`.
-        let r = Runner::new(
-            rcfg,
-            redis.clone(),
-            reader,
-            publisher,
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        runner = Some(Supervisor::start(move |_| r));
+        let (conn, m, sd) = (redis.clone(), metrics.clone(), shutdown.clone());
+        runner = Some(Supervisor::start_in_arbiter(
+            &runner_thread.handle(),
+            move |_| Runner::new(rcfg, conn, reader, publisher, m, sd).with_presence(presence),
+        ));
+        threads.extend([runner_thread, publisher_thread]);
     }
 
     let (mut subscriber, mut subscriber_ready) = (None, None);
@@ -165,6 +193,13 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         next_session: Arc::new(AtomicU64::new(1)),
         metrics,
         auth,
+        dashboard: DashboardConfig {
+            events_url: cfg.events_url.clone(),
+            events_port: match &ws_listener {
+                Some(l) => Some(l.local_addr()?.port()),
+                None => None,
+            },
+        },
         waiters: flowcast_actors::outside::Waiters::default(),
     };
     if cfg.role.runs_runner() {
@@ -254,6 +289,9 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
         if actix_rt::time::timeout(left(), h.stop(true)).await.is_err() {
             log::warn!("HTTP connections still open at the end of the grace; closing them");
         }
+    }
+    for t in threads {
+        t.stop();
     }
     log::info!("drained; bye");
     Ok(())

@@ -2,28 +2,12 @@
 //! the username is the token's subject and a mismatching `username` is
 //! refused.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{encode, EncodingKey, Header};
-use serde_json::json;
+use std::time::Duration;
 
 use crate::support::*;
 
+/// The daemon's `--jwt-secret` in these tests (and in `cli`'s).
 pub const SECRET: &str = "a-test-secret-of-32-bytes-length";
-
-/// An HS256 token for `sub`, expiring in `exp_in_s` seconds.
-pub fn token(sub: &str, secret: &str, exp_in_s: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    encode(
-        &Header::default(),
-        &json!({"sub": sub, "exp": now + exp_in_s}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 async fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> Resp {
     let auth = bearer.map(|t| format!("Bearer {t}"));
@@ -49,10 +33,10 @@ async fn rest_needs_a_valid_token_and_the_subject_is_the_user() {
         .contains("Bearer"));
     for (bad, why) in [
         (
-            token("alice", "another-secret-of-32-bytes-length", 60),
+            jwt("alice", "another-secret-of-32-bytes-length", 60),
             "signature",
         ),
-        (token("alice", SECRET, -120), "expired"),
+        (jwt("alice", SECRET, -120), "expired"),
         ("not.a.token".to_owned(), "malformed"),
     ] {
         let r = call("POST", &runs, Some(&bad), Some(body)).await;
@@ -60,7 +44,7 @@ async fn rest_needs_a_valid_token_and_the_subject_is_the_user() {
         assert_eq!(r.body["error"]["code"], "unauthorized", "{why}");
     }
 
-    let alice = token("alice", SECRET, 600);
+    let alice = jwt("alice", SECRET, 600);
     let r = call("POST", &runs, Some(&alice), Some(body)).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let run_id = r.body["run_id"].as_str().unwrap().to_owned();
@@ -76,21 +60,21 @@ async fn rest_needs_a_valid_token_and_the_subject_is_the_user() {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     // Bob's token does not show Alice's run.
-    let bob = token("bob@example.com", SECRET, 600);
+    let bob = jwt("bob@example.com", SECRET, 600);
     assert_eq!(call("GET", &run_url, Some(&bob), None).await.status, 404);
 }
 
 #[actix_rt::test]
 async fn websocket_takes_the_token_and_refuses_a_mismatching_username() {
     let (_redis, d) = start(&["--auth", "jwt", "--jwt-secret", SECRET]).await;
-    let alice = token("alice", SECRET, 600);
+    let alice = jwt("alice", SECRET, 600);
 
     for (query, status) in [
         ("/ws?username=alice".to_owned(), 401),
         (
             format!(
                 "/ws?token={}",
-                token("alice", "another-secret-of-32-bytes-length", 60)
+                jwt("alice", "another-secret-of-32-bytes-length", 60)
             ),
             401,
         ),

@@ -668,7 +668,7 @@ async fn the_worst_input_gets_an_error_that_says_what_is_wrong_never_a_panic() {
 async fn jwt_tokens_identify_the_caller_on_rest_and_websocket() {
     let secret = crate::auth::SECRET;
     let (_redis, d) = start(&["--auth", "jwt", "--jwt-secret", secret]).await;
-    let tok = crate::auth::token("jill", secret, 600);
+    let tok = jwt("jill", secret, 600);
     let mut cmd = bare_cli(&[
         "run",
         "flight-search",
@@ -695,7 +695,7 @@ async fn jwt_tokens_identify_the_caller_on_rest_and_websocket() {
         "{}",
         r.stderr
     );
-    let bad = crate::auth::token("jill", "another-secret-of-enough-bytes", 600);
+    let bad = jwt("jill", "another-secret-of-enough-bytes", 600);
     let mut cmd = bare_cli(&["tail"]);
     cmd.env("FLOWCAST_WS", &d.ws).env("FLOWCAST_TOKEN", &bad);
     let r = run_cli(cmd);

@@ -317,7 +317,13 @@ async fn bad_paths_are_400_and_unknown_routes_404() {
     let r = get(&format!("{}/api/v1/results/{missing}", d.api), u).await;
     assert_error(&r, 404, &[&missing]);
 
-    for path in ["/api/v1/nope", "/api/v2/runs", "/", "/api/v1/runs/x/y/z"] {
+    // (`/` is the dashboard.)
+    for path in [
+        "/api/v1/nope",
+        "/api/v2/runs",
+        "/nope",
+        "/api/v1/runs/x/y/z",
+    ] {
         let r = get(&format!("{}{path}", d.api), u).await;
         assert_error(&r, 404, &[path]);
     }

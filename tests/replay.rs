@@ -2,11 +2,11 @@
 //! `http` nodes against a local test server.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use flowcast_actors::store::keys;
 use serde_json::{json, Value};
 
@@ -176,7 +176,8 @@ async fn a_raising_transform_fails_the_run_once() {
     assert!(sub.next(Duration::from_millis(300)).await.is_none());
     let view = wait_run(&d, "frank", &run, T).await;
     assert_eq!(view["status"], "failed");
-    assert_eq!(view["nodes"]["never"]["status"], "waiting");
+    // A node never reached ends cancelled, like the ones that were running.
+    assert_eq!(view["nodes"]["never"]["status"], "cancelled");
 }
 
 #[actix_rt::test]
@@ -247,44 +248,35 @@ async fn cancel_mid_run_is_idempotent_and_a_finished_run_is_a_conflict() {
 async fn test_server() -> (String, Arc<AtomicUsize>, actix_web::dev::ServerHandle) {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
-    let srv = HttpServer::new(move || {
+    let (base, handle) = local_server(move |app| {
         let h = h.clone();
-        App::new()
-            .route(
-                "/flaky",
-                web::post().to(move |body: web::Json<Value>| {
-                    let n = h.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        if n < 2 {
-                            HttpResponse::InternalServerError().body("try again")
-                        } else {
-                            HttpResponse::Ok()
-                                .json(json!({"echo": body.into_inner(), "attempt": n + 1}))
-                        }
+        app.route(
+            "/flaky",
+            web::post().to(move |body: web::Json<Value>| {
+                let n = h.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        HttpResponse::InternalServerError().body("try again")
+                    } else {
+                        HttpResponse::Ok()
+                            .json(json!({"echo": body.into_inner(), "attempt": n + 1}))
                     }
-                }),
-            )
-            .route(
-                "/slow",
-                web::get().to(|| async {
-                    actix_rt::time::sleep(Duration::from_secs(2)).await;
-                    HttpResponse::Ok().json(json!({}))
-                }),
-            )
-            .route(
-                "/missing",
-                web::get().to(|| async { HttpResponse::NotFound().body("no") }),
-            )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let addr = srv.addrs()[0];
-    let srv = srv.run();
-    let handle = srv.handle();
-    actix_rt::spawn(srv);
-    (format!("http://{addr}"), hits, handle)
+                }
+            }),
+        )
+        .route(
+            "/slow",
+            web::get().to(|| async {
+                actix_rt::time::sleep(Duration::from_secs(2)).await;
+                HttpResponse::Ok().json(json!({}))
+            }),
+        )
+        .route(
+            "/missing",
+            web::get().to(|| async { HttpResponse::NotFound().body("no") }),
+        );
+    });
+    (base, hits, handle)
 }
 
 #[actix_rt::test]
@@ -407,4 +399,204 @@ async fn cancel_through_an_instance_that_does_not_hold_the_run() {
         sub.next(Duration::from_millis(300)).await.is_none(),
         "one terminal event"
     );
+}
+
+/// Issue 11 (3): five sessions resuming with `last_event_id=0` took the
+/// daemon from 29 MiB to 975 MiB, the whole history read into memory for
+/// each of them. Replay now goes page by page at the pace the client reads.
+#[actix_rt::test]
+async fn slow_clients_replaying_a_long_history_keep_the_daemons_memory_bounded() {
+    const EVENTS: u64 = 4000;
+    const CLIENTS: usize = 6;
+    // Generous, on a noisy machine: with the history read into memory once
+    // per client the daemon grew by ~160 MiB here; paged, by 10-20 MiB
+    // (allocator and buffers), the same for three times the history.
+    const BOUND_KIB: u64 = 64 * 1024;
+    let (redis, d) = start(&[]).await;
+    let user = "hoarder";
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let mut conn = publisher(&redis).await;
+    fill_history(&mut conn, user, &run_id, EVENTS, &"x".repeat(4000)).await;
+
+    let baseline = d.rss_kib();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pid) = (peak.clone(), stop.clone(), d.pid());
+        actix_rt::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(ws_connect(&d, &format!("/ws?username={user}&last_event_id=0")).await);
+    }
+    // Nobody reads for a while: a daemon that loaded the history for each
+    // session would hold it all now.
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            actix_rt::spawn(async move {
+                let mut events = Vec::new();
+                while (events.len() as u64) < EVENTS {
+                    match ws_next(&mut ws, T).await {
+                        WsEvent::Event(e) => events.push(e),
+                        other => panic!("after {} events: {other:?}", events.len()),
+                    }
+                    if events.len() % 200 == 0 {
+                        // A slow reader.
+                        actix_rt::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                (ws, events)
+            })
+        })
+        .collect();
+    let mut sockets = Vec::new();
+    for r in readers {
+        let (ws, events) = r.await.unwrap();
+        // Every event exactly once, in order.
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=EVENTS).collect::<Vec<u64>>());
+        assert!(events.iter().all(|e| e["run_id"] == run_id.as_str()));
+        sockets.push(ws);
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    assert!(
+        grew < BOUND_KIB,
+        "the daemon grew by {grew} KiB (from {baseline} KiB) while {CLIENTS} clients replayed"
+    );
+    // Then live, on every socket.
+    start_run(&d, user, "flight-search", json!({"city": "Hoard"})).await;
+    for ws in &mut sockets {
+        let ev = ws_take(ws, 4, T).await;
+        assert_eq!(ev[0]["type"], "workflow_started", "{ev:?}");
+        assert!(matches!(
+            ws_next(ws, Duration::from_millis(100)).await,
+            WsEvent::Timeout
+        ));
+    }
+    assert_no_panic(&d);
+}
+
+/// Issue 11 (7): `last_event_id=18446744073709551615-18446744073709551615`
+/// was upgraded, then closed with 1011 "retry" (a client mistake reported
+/// as a server fault). Every malformed or impossible id is a 400 before the
+/// upgrade.
+#[actix_rt::test]
+async fn bad_last_event_ids_are_a_400_before_the_upgrade() {
+    let (_redis, d) = start(&[]).await;
+    let run = start_run(&d, "ivy", "flight-search", json!({"city": "Riga"})).await;
+    wait_run(&d, "ivy", &run, T).await;
+    let newest = run_events(&d, "ivy", &run).await[3]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tomorrow = format!("{}-0", flowcast_actors::event::now_ms() + 86_400_000);
+    for id in [
+        "18446744073709551615-18446744073709551615",
+        "18446744073709551615-0",
+        "99999999999999999999-0",
+        tomorrow.as_str(),
+        "-1",
+        "-1-0",
+        "5--1",
+        "abc",
+        "1-2-3",
+        "%2B5-0",
+        "5",
+        "",
+        "%00",
+    ] {
+        let path = format!("/ws?username=ivy&last_event_id={id}");
+        let (status, body) = raw_ws_request(&d, &path, true).await;
+        assert_eq!(status, 400, "{id}: {body}");
+        assert_eq!(
+            body["error"]["code"], "invalid_last_event_id",
+            "{id}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("last_event_id"), "{id}: {message}");
+    }
+    // Real ids still resume: the newest (nothing to replay) and 0 (everything).
+    let mut ws = ws_connect(&d, &format!("/ws?username=ivy&last_event_id={newest}")).await;
+    assert!(matches!(
+        ws_next(&mut ws, Duration::from_millis(300)).await,
+        WsEvent::Timeout
+    ));
+    let mut ws = ws_connect(&d, "/ws?username=ivy&last_event_id=0").await;
+    let ev = ws_take(&mut ws, 4, T).await;
+    assert!(ev.iter().all(|e| e["run_id"] == run.as_str()), "{ev:?}");
+    assert_no_panic(&d);
+}
+
+#[actix_rt::test]
+async fn without_last_event_id_a_socket_starts_live_with_no_replay() {
+    let (_redis, d) = start(&[]).await;
+    let old = start_run(&d, "jay", "flight-search", json!({"city": "Old"})).await;
+    wait_run(&d, "jay", &old, T).await;
+    let mut ws = ws_connect(&d, "/ws?username=jay").await;
+    wait_ready(&d).await;
+    assert!(matches!(
+        ws_next(&mut ws, Duration::from_millis(300)).await,
+        WsEvent::Timeout
+    ));
+    let new = start_run(&d, "jay", "flight-search", json!({"city": "New"})).await;
+    let ev = ws_take(&mut ws, 4, T).await;
+    assert!(ev.iter().all(|e| e["run_id"] == new.as_str()), "{ev:?}");
+    assert_eq!(ev[0]["type"], "workflow_started");
+}
+
+/// A replay of many pages overlapping a run that publishes meanwhile: the
+/// history first, then the run's events, each exactly once.
+#[actix_rt::test]
+async fn a_long_replay_racing_a_live_run_has_no_gap_and_no_duplicate() {
+    const EVENTS: u64 = 3000;
+    let (redis, d) = start(&[]).await;
+    let user = "kai";
+    register(&d, user, &chain("race-chain", 30, 0)).await;
+    let filled = uuid::Uuid::new_v4().to_string();
+    let mut conn = publisher(&redis).await;
+    fill_history(&mut conn, user, &filled, EVENTS, &"y".repeat(200)).await;
+    let mut ws = ws_connect(&d, &format!("/ws?username={user}&last_event_id=0")).await;
+    let run = start_run(&d, user, "race-chain", json!({})).await;
+    let mut all = Vec::new();
+    while !all
+        .iter()
+        .any(|e: &Value| e["type"] == "workflow_completed")
+    {
+        match ws_next(&mut ws, T).await {
+            WsEvent::Event(e) => all.push(e),
+            other => panic!("after {} events: {other:?}", all.len()),
+        }
+    }
+    let runs = by_run(&all);
+    assert_eq!(runs[&filled], (1..=EVENTS).collect::<Vec<u64>>());
+    assert_eq!(runs[&run], (1..=32).collect::<Vec<u64>>());
+    let ids: Vec<&str> = all
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| {
+            let p = |s: &str| {
+                let (a, b) = s.split_once('-').unwrap();
+                (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap())
+            };
+            p(w[0]) < p(w[1])
+        }),
+        "event ids out of order"
+    );
+    assert!(matches!(
+        ws_next(&mut ws, Duration::from_millis(300)).await,
+        WsEvent::Timeout
+    ));
 }

@@ -298,7 +298,10 @@ async fn workflow_crud_execute_and_run_isolation() {
         r.body,
         json!({"workflows": [
             {"tag": "crud", "scope": "own"},
-            {"tag": "flight-search", "scope": "shared"}
+            {"tag": "flight-branch", "scope": "shared"},
+            {"tag": "flight-prices", "scope": "shared"},
+            {"tag": "flight-search", "scope": "shared"},
+            {"tag": "flight-trip", "scope": "shared"}
         ]})
     );
 
@@ -399,7 +402,12 @@ async fn workflow_crud_execute_and_run_isolation() {
     let r = get(&format!("{}/api/v1/workflows", d.api), Some("alice")).await;
     assert_eq!(
         r.body,
-        json!({"workflows": [{"tag": "flight-search", "scope": "shared"}]})
+        json!({"workflows": [
+            {"tag": "flight-branch", "scope": "shared"},
+            {"tag": "flight-prices", "scope": "shared"},
+            {"tag": "flight-search", "scope": "shared"},
+            {"tag": "flight-trip", "scope": "shared"}
+        ]})
     );
     // A run keeps the snapshot it was accepted with.
     let r = get(&format!("{}/api/v1/runs/{exec_id}", d.api), Some("alice")).await;
@@ -554,4 +562,139 @@ async fn result(d: &Daemon, user: &str, result_ref: &str) -> Value {
     .await;
     assert_eq!(r.status, 200, "{result_ref}: {}", r.text);
     r.body
+}
+
+/// One pass over `GET /api/v1/runs` with `limit`, following `next_cursor`;
+/// `during` runs between pages. Returns (run id, created_ms) in list order.
+async fn list_all(
+    d: &Daemon,
+    user: &str,
+    limit: usize,
+    mut during: impl AsyncFnMut(usize),
+) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0.. {
+        let mut url = format!("{}/api/v1/runs?limit={limit}", d.api);
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = get(&url, Some(user)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let runs = r.body["runs"].as_array().unwrap();
+        assert!(runs.len() <= limit, "{} runs for limit {limit}", runs.len());
+        for run in runs {
+            out.push((
+                run["run_id"].as_str().unwrap().to_owned(),
+                run["created_ms"].as_u64().unwrap(),
+            ));
+        }
+        during(page).await;
+        match &r.body["next_cursor"] {
+            Value::Null => break,
+            Value::String(c) => {
+                assert!(!runs.is_empty(), "an empty page with a next cursor");
+                cursor = Some(c.clone());
+            }
+            other => panic!("next_cursor {other}"),
+        }
+    }
+    out
+}
+
+/// Issue 11 (4): `GET /api/v1/runs` had no cursor: older runs could not be
+/// listed. Pages cover every run exactly once, newest first, whatever the
+/// page size, while runs are created, and with runs sharing a millisecond.
+#[actix_rt::test]
+async fn run_pages_cover_every_run_once_while_runs_are_created() {
+    // Hundreds of runs posted at once: above the default rate limit.
+    let (_redis, d) = start(&["--max-runs-per-sec-per-user", "100000"]).await;
+    let user = "lister";
+    register(
+        &d,
+        user,
+        &json!({"tag": "tiny", "nodes": [{"id": "a", "kind": "delay", "ms": 0}]}),
+    )
+    .await;
+    let mut existing: Vec<String> = Vec::new();
+    // Posted 25 at a time: many share a millisecond.
+    for _ in 0..12 {
+        let batch = (0..25).map(|_| start_run(&d, user, "tiny", json!({})));
+        existing.extend(join_all(batch).await);
+    }
+    for limit in [1, 7, 50, 299, 300, 1000] {
+        let before: BTreeSet<String> = existing.iter().cloned().collect();
+        let mut created = Vec::new();
+        let listed = list_all(&d, user, limit, async |page| {
+            if page % 5 == 0 {
+                created.push(start_run(&d, user, "tiny", json!({})).await);
+            }
+        })
+        .await;
+        let ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+        let unique: BTreeSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "limit {limit}: a run listed twice");
+        for id in &before {
+            assert!(unique.contains(id.as_str()), "limit {limit}: {id} skipped");
+        }
+        // Only runs that existed, or were created during the pass, are listed.
+        assert!(unique
+            .iter()
+            .all(|id| before.contains(*id) || created.iter().any(|c| c == id)));
+        assert!(
+            listed.windows(2).all(|w| w[0].1 >= w[1].1),
+            "limit {limit}: not newest first"
+        );
+        existing.extend(created);
+    }
+    // Someone else's list is empty, whatever cursor they pass.
+    let first = get(&format!("{}/api/v1/runs?limit=2", d.api), Some(user)).await;
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let other = get(
+        &format!("{}/api/v1/runs?limit=2&cursor={cursor}", d.api),
+        Some("someone-else"),
+    )
+    .await;
+    assert_eq!(other.status, 200, "{}", other.text);
+    assert_eq!(other.body["runs"], json!([]));
+    assert_eq!(other.body["next_cursor"], Value::Null);
+    assert_no_panic(&d);
+}
+
+#[actix_rt::test]
+async fn a_bad_limit_or_cursor_is_a_400_naming_it() {
+    let (_redis, d) = start(&[]).await;
+    start_run(&d, "lin", "flight-search", json!({"city": "Lima"})).await;
+    for (query, code) in [
+        ("limit=0", "invalid_limit"),
+        ("limit=1001", "invalid_limit"),
+        ("limit=-1", "invalid_limit"),
+        ("limit=abc", "invalid_limit"),
+        ("limit=99999999999999999999999", "invalid_limit"),
+        ("limit=", "invalid_limit"),
+        ("cursor=", "invalid_cursor"),
+        ("cursor=abc", "invalid_cursor"),
+        ("cursor=%00", "invalid_cursor"),
+        ("cursor=1:2", "invalid_cursor"),
+        ("cursor=0000000000000001:not-a-uuid", "invalid_cursor"),
+        (
+            "cursor=%2B000000000000001:6f1c0b9e-3f4e-4a57-9a59-1f3a3b0c9d11",
+            "invalid_cursor",
+        ),
+    ] {
+        let r = get(&format!("{}/api/v1/runs?{query}", d.api), Some("lin")).await;
+        assert_eq!(r.status, 400, "{query}: {}", r.text);
+        assert_eq!(r.body["error"]["code"], code, "{query}: {}", r.text);
+        let field = code.trim_start_matches("invalid_");
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(field),
+            "{query}: {}",
+            r.text
+        );
+    }
+    let r = get(&format!("{}/api/v1/runs?limit=1000", d.api), Some("lin")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["next_cursor"], Value::Null);
+    assert_no_panic(&d);
 }

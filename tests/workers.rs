@@ -261,9 +261,9 @@ async fn a_node_worker_rides_out_a_daemon_kill9() {
 
 #[actix_rt::test]
 async fn with_jwt_a_worker_acts_for_its_tokens_subject() {
-    use crate::auth::{token, SECRET};
+    use crate::auth::SECRET;
     let (_redis, d) = start(&["--auth", "jwt", "--jwt-secret", SECRET]).await;
-    let tia = token("tia", SECRET, 3600);
+    let tia = jwt("tia", SECRET, 3600);
     let bearer = format!("Bearer {tia}");
     let headers: Vec<(&str, &[u8])> = vec![("Authorization", bearer.as_bytes())];
     let wf = json!({"tag": "jwt", "nodes": [

@@ -2,8 +2,12 @@
 //!
 //! The seed's three payloads (`workflow_started`, `node_completed`,
 //! `workflow_completed`) keep their exact field names; flowcast adds
-//! `node_failed`, `workflow_failed` and `workflow_cancelled`, and every event
-//! carries `seq` (1, 2, ... within its run), `ts_ms`, and `event_id`. The
+//! `node_failed`, `workflow_failed`, `workflow_cancelled`, `node_skipped`,
+//! `node_progress` (one variant for a task's heartbeat and a `foreach`
+//! node's items), `approval_required` and (for workflows that ask)
+//! `node_started`, and every
+//! event carries `seq` (1, 2, ... within its run), `ts_ms`, and `event_id`;
+//! a child run's events also carry `parent_run_id` and `parent_node_id`. The
 //! event id is the event's entry id in the user's history stream, so it is
 //! assigned by Redis inside the commit script and spliced into the JSON there
 //! (see `store`); everything else is serialised here, once.
@@ -52,6 +56,9 @@ pub enum EventBody {
         will_retry: bool,
         /// The counter after this step.
         counter: u32,
+        /// The `foreach` item whose attempt failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<usize>,
     },
     /// Every node completed; published exactly once.
     WorkflowCompleted {
@@ -90,16 +97,47 @@ pub enum EventBody {
         /// Always 0: every token is consumed.
         counter: u32,
     },
-    /// A long-running node reported how far it is (a task's heartbeat).
+    /// An attempt of a node begins (only for workflows that ask for it).
+    NodeStarted {
+        /// The run.
+        run_id: String,
+        /// The node.
+        node_id: String,
+        /// The attempt, from 1.
+        attempt: u32,
+    },
+    /// A node was skipped: activated and finished in one step, without a token.
+    NodeSkipped {
+        /// The run.
+        run_id: String,
+        /// The node.
+        node_id: String,
+        /// Always `"skipped"`.
+        status: String,
+        /// The counter after this step.
+        counter: u32,
+        /// Why: its condition, or its parents.
+        reason: String,
+    },
+    /// A long-running node reported how far it is: a task's worker in a
+    /// heartbeat, or a `foreach` node as its items finish (`done` of
+    /// `total`).
     NodeProgress {
         /// The run.
         run_id: String,
         /// The node.
         node_id: String,
-        /// From 0 to 1.
+        /// From 0 to 1 (`done / total` for a `foreach` node).
         progress: f64,
-        /// What the worker said, if anything (cut to 4 KiB).
+        /// What the worker said (cut to 4 KiB), or `"done/total items"`;
+        /// null when a worker said nothing.
         message: Option<String>,
+        /// A `foreach` node's items finished.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        done: Option<usize>,
+        /// A `foreach` node's items in all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<usize>,
     },
     /// An approval node waits for its run's owner to decide.
     ApprovalRequired {
@@ -117,13 +155,15 @@ pub enum EventBody {
 impl EventBody {
     /// Every event `type`, in the order of [`EventBody::kind`]'s variants
     /// (what a `types=` filter may name).
-    pub const TYPES: [&'static str; 8] = [
+    pub const TYPES: [&'static str; 10] = [
         "workflow_started",
         "node_completed",
         "node_failed",
         "workflow_completed",
         "workflow_failed",
         "workflow_cancelled",
+        "node_started",
+        "node_skipped",
         "node_progress",
         "approval_required",
     ];
@@ -137,8 +177,10 @@ impl EventBody {
             Self::WorkflowCompleted { .. } => 3,
             Self::WorkflowFailed { .. } => 4,
             Self::WorkflowCancelled { .. } => 5,
-            Self::NodeProgress { .. } => 6,
-            Self::ApprovalRequired { .. } => 7,
+            Self::NodeStarted { .. } => 6,
+            Self::NodeSkipped { .. } => 7,
+            Self::NodeProgress { .. } => 8,
+            Self::ApprovalRequired { .. } => 9,
         };
         Self::TYPES[i]
     }
@@ -245,6 +287,16 @@ fn bounded_prompt(prompt: serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// Where a child run comes from: the run and the `workflow` node that
+/// started it. Every event of the child carries both.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Parent {
+    /// The parent run.
+    pub parent_run_id: String,
+    /// The parent's `workflow` node.
+    pub parent_node_id: String,
+}
+
 /// An event with its envelope, as serialised before Redis adds `event_id`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
@@ -257,6 +309,9 @@ pub struct Event {
     pub seq: u64,
     /// Unix milliseconds.
     pub ts_ms: u64,
+    /// Set on a child run's events.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
 }
 
 impl Event {
@@ -269,7 +324,14 @@ impl Event {
             timestamp: ts_ms / 1000,
             seq,
             ts_ms,
+            parent: None,
         }
+    }
+
+    /// Marks the event as a child run's (no change for `None`).
+    pub fn child_of(mut self, parent: Option<&Parent>) -> Self {
+        self.parent = parent.cloned();
+        self
     }
 
     /// The JSON text published (without `event_id`, which Redis assigns).
@@ -362,6 +424,7 @@ mod tests {
                 attempt: 1,
                 will_retry: false,
                 counter: 0,
+                item: None,
             },
             EventBody::WorkflowCompleted {
                 run_id: r.clone(),
@@ -369,7 +432,7 @@ mod tests {
             },
             EventBody::WorkflowFailed {
                 run_id: r.clone(),
-                failed_node: n,
+                failed_node: n.clone(),
                 error: "e".into(),
                 cancelled_nodes: vec![],
                 cancelled_not_listed: 0,
@@ -381,15 +444,29 @@ mod tests {
                 cancelled_not_listed: 0,
                 counter: 0,
             },
+            EventBody::NodeStarted {
+                run_id: r.clone(),
+                node_id: n.clone(),
+                attempt: 1,
+            },
+            EventBody::NodeSkipped {
+                run_id: r.clone(),
+                node_id: n.clone(),
+                status: "skipped".into(),
+                counter: 0,
+                reason: "when was false".into(),
+            },
             EventBody::NodeProgress {
                 run_id: r.clone(),
-                node_id: "n".into(),
+                node_id: n.clone(),
                 progress: 0.5,
-                message: None,
+                message: Some("1/2 items".into()),
+                done: Some(1),
+                total: Some(2),
             },
             EventBody::ApprovalRequired {
                 run_id: r,
-                node_id: "n".into(),
+                node_id: n,
                 prompt: "ok?".into(),
                 expires_at: None,
             },
@@ -431,6 +508,96 @@ mod tests {
         assert_eq!(cut_error("short"), "short");
         let exact = "y".repeat(MAX_ERROR_BYTES - 2);
         assert_eq!(cut_error(&exact), exact);
+    }
+
+    #[test]
+    fn a_child_runs_events_stay_under_the_limit_too() {
+        let long_id = "n".repeat(128);
+        let parent = Parent {
+            parent_run_id: "p".repeat(36),
+            parent_node_id: long_id.clone(),
+        };
+        let huge = "\u{1}".repeat(100_000);
+        let bodies = [
+            EventBody::WorkflowFailed {
+                run_id: "r".repeat(36),
+                failed_node: long_id.clone(),
+                error: huge.clone(),
+                cancelled_nodes: vec![long_id.clone(); 10_000],
+                cancelled_not_listed: 0,
+                counter: 0,
+            },
+            EventBody::NodeFailed {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                error: huge,
+                attempt: u32::MAX,
+                will_retry: true,
+                counter: u32::MAX,
+                item: Some(usize::MAX),
+            },
+            EventBody::NodeSkipped {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                status: "skipped".into(),
+                counter: u32::MAX,
+                reason: format!("parent {long_id:?} was skipped"),
+            },
+            EventBody::NodeProgress {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                progress: 1.0,
+                message: Some(format!("{0}/{0} items", usize::MAX)),
+                done: Some(usize::MAX),
+                total: Some(usize::MAX),
+            },
+            // A worker's heartbeat says what it likes.
+            EventBody::NodeProgress {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                progress: 0.123456789,
+                message: Some("\"é\u{1}".repeat(100_000)),
+                done: None,
+                total: None,
+            },
+            // A prompt as long text, and as large JSON.
+            EventBody::ApprovalRequired {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                prompt: "\u{1}".repeat(100_000).into(),
+                expires_at: Some(u64::MAX),
+            },
+            EventBody::ApprovalRequired {
+                run_id: "r".repeat(36),
+                node_id: long_id.clone(),
+                prompt: serde_json::json!({"rows": vec!["\"x\""; 10_000]}),
+                expires_at: Some(u64::MAX),
+            },
+        ];
+        for body in bodies {
+            let json = Event::new(body, u64::MAX).child_of(Some(&parent)).to_json();
+            // Room left for the event_id Redis splices in.
+            assert!(json.len() <= MAX_EVENT_BYTES - 100, "{}", json.len());
+        }
+    }
+
+    #[test]
+    fn only_child_runs_carry_parent_fields() {
+        let body = EventBody::WorkflowCompleted {
+            run_id: "r".into(),
+            counter: 0,
+        };
+        let plain = Event::new(body.clone(), 3).to_json();
+        assert!(!plain.contains("parent"), "{plain}");
+        let parent = Parent {
+            parent_run_id: "p".into(),
+            parent_node_id: "call".into(),
+        };
+        let child: Value =
+            serde_json::from_str(&Event::new(body, 3).child_of(Some(&parent)).to_json()).unwrap();
+        assert_eq!(child["parent_run_id"], "p");
+        assert_eq!(child["parent_node_id"], "call");
+        assert_eq!(child["type"], "workflow_completed");
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub struct Metrics {
     pub runs_accepted: IntCounter,
     /// Runs by terminal or start outcome (`started`, `completed`, `failed`, `cancelled`).
     pub runs: IntCounterVec,
-    /// Node attempts by kind and outcome.
+    /// Node attempts by kind and outcome (`completed`, `failed`; a
+    /// `foreach` node's items: `item_completed`, `item_failed`).
     pub nodes: IntCounterVec,
     /// Events written to history and published.
     pub events_published: IntCounter,
@@ -27,6 +28,8 @@ pub struct Metrics {
     pub run_queue_lag: Histogram,
     /// Live WebSocket sessions.
     pub sessions: IntGauge,
+    /// Live SSE sessions (`GET /events`).
+    pub sse_sessions: IntGauge,
     /// Users with at least one live session.
     pub users: IntGauge,
     /// Frames handed to sessions.
@@ -105,11 +108,12 @@ impl Metrics {
                 "Time from run acceptance to initialisation",
             ),
             sessions: gauge("ws_sessions", "Live WebSocket sessions"),
+            sse_sessions: gauge("sse_sessions", "Live SSE sessions"),
             users: gauge("ws_users", "Users with at least one live session"),
             deliveries: counter("ws_deliveries_total", "Event frames handed to sessions"),
             slow_consumer_closes: counter(
                 "ws_slow_consumer_closes_total",
-                "Sessions closed for reading too slowly",
+                "Sessions (WebSocket or SSE) cut for reading too slowly",
             ),
             redis_errors: counter_vec(
                 "redis_errors_total",

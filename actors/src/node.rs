@@ -3,7 +3,14 @@
 //! [`execute`] runs one attempt and says whether a failure is worth another
 //! attempt: jq errors and HTTP 4xx are not (the same input fails the same
 //! way), HTTP 5xx, connection errors and timeouts are. The run actor owns
-//! attempts, backoff and the deadline.
+//! attempts, backoff and the deadline. `workflow` nodes are child runs
+//! (`child`), started by the run actor; `task`, `approval` and `signal`
+//! nodes wait outside the daemon (`run::outside`).
+//!
+//! Every jq evaluation of a run goes through this module: the node kinds'
+//! filters here, and [`evaluate`] for control flow (`when`, `foreach`, a
+//! child's `inputs`) and the waiting kinds' filters (a task's `input`, an
+//! approval's `prompt`).
 
 use std::time::Duration;
 
@@ -34,6 +41,45 @@ pub(crate) async fn run_jq(
         Ok(Err(jq::EvalError::Unavailable(m))) => Err(NodeError::retryable(m)),
         Ok(Err(e)) => Err(NodeError::fatal(e.to_string())),
     }
+}
+
+/// Evaluates a control-flow filter (`when`, `foreach`, a child's
+/// `inputs`) in the sandboxed evaluator pool, within `deadline`, like a
+/// node's own filters; `what` names it in errors.
+pub async fn evaluate(
+    pool: &jq::Pool,
+    what: &str,
+    filter: &str,
+    input: &Value,
+    deadline: Duration,
+) -> Result<Value, NodeError> {
+    run_jq(pool, filter, input, deadline)
+        .await
+        .map_err(|e| NodeError {
+            message: format!("{what}: {}", e.message),
+            ..e
+        })
+}
+
+/// Evaluates a `when` condition: false and null are false, anything else
+/// true (jq's truth). A condition that fails or runs past its deadline is
+/// an error that fails its node without retry: a retry would run the node
+/// without its condition.
+pub async fn condition(
+    pool: &jq::Pool,
+    filter: &str,
+    input: &Value,
+    deadline: Duration,
+) -> Result<bool, NodeError> {
+    match evaluate(pool, "when", filter, input, deadline).await {
+        Ok(v) => Ok(truth(&v)),
+        Err(e) => Err(NodeError::fatal(e.message)),
+    }
+}
+
+/// jq's truth: false and null are false, anything else true.
+pub fn truth(v: &Value) -> bool {
+    !matches!(v, Value::Null | Value::Bool(false))
 }
 
 /// A failed attempt.
@@ -94,6 +140,9 @@ pub async fn execute(
             let jq = |f| run_jq(jq, f, &input, jq_deadline);
             http_request(spec, http, timeout, jq).await
         }
+        NodeKind::Workflow(_) => Err(NodeError::fatal(
+            "a workflow node runs as a child run, started by its run actor",
+        )),
         // Never executed here: the run actor waits for their outcome
         // (`run::outside`).
         NodeKind::Task(_) | NodeKind::Approval(_) | NodeKind::Signal(_) => Err(NodeError::fatal(

@@ -2,7 +2,10 @@
 //!
 //! Run actors and the runner hand it [`Publish`] messages; it applies each
 //! [`Commit`] with the commit script (see `store::commit`) and answers once the
-//! change is in Redis. Whatever arrives while a write is in flight is sent as
+//! change is in Redis. Commits arrive sealed (serialised by their makers,
+//! see [`publish`]), so nothing a run produces, however large, is encoded
+//! on this actor's thread; it runs on a thread of its own, apart from the
+//! run actors and the fan-out. Whatever arrives while a write is in flight is sent as
 //! the next pipeline, so under load one round trip carries many commits, and
 //! idle it adds no delay. Order is kept: commits leave in the order they
 //! arrived, and a failed pipeline is retried whole, in order, with
@@ -18,10 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::store::commit::{self, Commit, Outcome};
-
-/// Events kept per user in the history stream, unless configured.
-pub const DEFAULT_HISTORY_MAX: u64 = 10_000;
+use crate::store::commit::{self, Commit, Outcome, Retention, Sealed};
 /// Most commits in one pipeline.
 pub const MAX_BATCH: usize = 512;
 /// Retry delays after a failed write.
@@ -31,8 +31,8 @@ const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
-    /// The change.
-    pub commit: Commit,
+    /// The change, serialised by its maker.
+    pub commit: Sealed,
     /// Where the outcome goes.
     pub done: oneshot::Sender<Outcome>,
 }
@@ -53,7 +53,7 @@ enum Item {
 /// The Publisher actor.
 pub struct Publisher {
     conn: ConnectionManager,
-    history_max: u64,
+    retention: Retention,
     queue: VecDeque<Item>,
     writing: bool,
     /// A failed write is waiting for its retry: send nothing before it.
@@ -63,12 +63,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A Publisher writing through `conn`, capping each user's history at
-    /// `history_max` entries.
-    pub fn new(conn: ConnectionManager, history_max: u64, metrics: Metrics) -> Self {
+    /// A Publisher writing through `conn`; what commits leave behind is
+    /// kept as `retention` says (history cap, how long ended runs stay).
+    pub fn new(conn: ConnectionManager, retention: Retention, metrics: Metrics) -> Self {
         Self {
             conn,
-            history_max,
+            retention,
             queue: VecDeque::new(),
             writing: false,
             backing_off: false,
@@ -113,7 +113,7 @@ impl Publisher {
                 Item::Commit(p) => Some(&p.commit),
                 Item::Flush(_) => None,
             }),
-            self.history_max,
+            &self.retention,
         );
         self.writing = true;
         let mut conn = self.conn.clone();
@@ -200,14 +200,18 @@ impl Handler<Flush> for Publisher {
     }
 }
 
-/// Queues a commit at once (so commits keep the order of the calls) and
-/// returns a future that resolves when it is durable; `None` if the
-/// Publisher is gone.
+/// Seals a commit on the caller's thread (the Publisher's thread only
+/// copies bytes), queues it at once (so commits keep the order of the
+/// calls) and returns a future that resolves when it is durable; `None` if
+/// the Publisher is gone.
 pub fn publish(
     publisher: &Addr<Publisher>,
     commit: Commit,
 ) -> impl std::future::Future<Output = Option<Outcome>> {
     let (done, rx) = oneshot::channel();
-    publisher.do_send(Publish { commit, done });
+    publisher.do_send(Publish {
+        commit: commit.seal(),
+        done,
+    });
     async move { rx.await.ok() }
 }

@@ -16,6 +16,18 @@
 //! whose lease has lapsed (their runner died) are claimed and resumed: the run
 //! actor is rebuilt from Redis and its active nodes run again. A run's status
 //! guard makes initialising one run twice impossible.
+//!
+//! A lease names this process, not just its instance (`store::leases`
+//! explains why and how): runs leased by an earlier process of the same
+//! instance are taken over at once when the sweep sees that process gone
+//! (its presence connection closed), and never while it lives. A claim may
+//! answer that the run has been resumed too often without progress; its run
+//! actor then fails it instead of running it again (a crash loop broken).
+//!
+//! The Runner and every run actor live on one arbiter (thread) of their own,
+//! apart from the Publisher's and the fan-out's: node execution is shared
+//! among users by [`Shares`] (round-robin permits per user), and whatever a
+//! run does never delays the delivery of events.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -28,17 +40,22 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::counter::{NodeStatus, RunState, RunStatus};
+use crate::child::ChildWatch;
+use crate::counter::{NodeStatus, RunStatus};
 use crate::egress::EgressPolicy;
 use crate::error::Result;
 use crate::event::{Event, EventBody};
+use crate::fair::Shares;
 use crate::http_node::HttpClient;
 use crate::jq;
 use crate::metrics::Metrics;
 use crate::publisher::{self, Publisher};
-use crate::run::{self, Cancel, RunActor, RunSetup, RunStopped};
+use crate::run::{self, Cancel, ResumedItems, RunActor, RunEnv, RunSetup, RunStopped};
+use crate::store::leases::{self, Claim, Held, Holder, Presence};
 use crate::store::requests::{self, Request};
-use crate::store::{leases, runs, Commit, NodeRecord, Outcome, RunRecord};
+use crate::store::runs::RunQuota;
+use crate::store::{runs, Commit, NodeRecord, Outcome, RunRecord};
+use crate::workflow::Dag;
 
 mod outside;
 pub use outside::WaitsChanged;
@@ -46,9 +63,10 @@ pub use outside::WaitsChanged;
 /// Runner settings.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// This instance's name: consumer name and lease holder. Stable across
-    /// restarts of the same instance, distinct between instances.
-    pub instance_id: String,
+    /// This process: its instance's name (`--instance-id`, the consumer
+    /// name; stable across restarts of the same instance, distinct between
+    /// instances) and its own nonce (leases name both).
+    pub holder: Holder,
     /// How long a run's lease lasts without renewal.
     pub lease: Duration,
     /// Largest workflow accepted.
@@ -64,12 +82,23 @@ pub struct RunnerConfig {
     pub jq_worker: jq::WorkerCommand,
     /// jq evaluations at once.
     pub jq_slots: usize,
+    /// Permits for CPU work of nodes (transforms), shared fairly among users.
+    pub compute_permits: usize,
+    /// Permits for http requests, shared fairly among users.
+    pub io_permits: usize,
+    /// Most items a `foreach` may yield (`--max-foreach-items`).
+    pub max_foreach_items: usize,
+    /// How deeply child runs may nest (`--max-child-depth`).
+    pub max_child_depth: u32,
+    /// The users' run quotas, which child runs count against
+    /// (`--max-active-runs-per-user`).
+    pub run_quota: RunQuota,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
-            instance_id: "runner".into(),
+            holder: Holder::new("runner"),
             lease: Duration::from_secs(15),
             max_nodes: crate::workflow::DEFAULT_MAX_NODES,
             read_batch: 256,
@@ -77,11 +106,30 @@ impl Default for RunnerConfig {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             jq_worker: jq::WorkerCommand::default(),
             jq_slots: jq::pool::DEFAULT_SLOTS,
+            compute_permits: default_compute_permits(),
+            io_permits: DEFAULT_IO_PERMITS,
+            max_foreach_items: DEFAULT_MAX_FOREACH_ITEMS,
+            max_child_depth: crate::workflow::DEFAULT_MAX_CHILD_DEPTH,
+            run_quota: RunQuota::default(),
         }
     }
 }
 
-/// Largest node output unless configured otherwise (1 MiB).
+/// Default of [`RunnerConfig::compute_permits`]: one per core (at least 2).
+/// Transforms are CPU work: more at once would only time-share the cores,
+/// and a small run's node would get a thin slice of them behind a flood's;
+/// the jq threads outnumber it, so requests queue fairly here rather than
+/// first come first served there.
+pub fn default_compute_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+/// Default of [`RunnerConfig::io_permits`]: http requests in flight at once.
+pub const DEFAULT_IO_PERMITS: usize = 256;
+
+/// Default of [`RunnerConfig::max_foreach_items`] (`--max-foreach-items`).
+pub const DEFAULT_MAX_FOREACH_ITEMS: usize = 10_000;
+
+/// Default of [`RunnerConfig::max_output_bytes`] (`--max-output-bytes`).
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// How long a read blocks waiting for requests.
@@ -90,6 +138,9 @@ const READ_BLOCK: Duration = Duration::from_millis(1000);
 const READ_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 /// Requests claimed from dead consumers per sweep.
 const CLAIM_BATCH: usize = 256;
+/// The longest time between sweeps, whatever the lease: a dead predecessor's
+/// runs are taken over at the next sweep, not when its leases lapse.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Cancel a run held by this runner; answers `None` if it holds no such run.
 #[derive(Message)]
@@ -127,6 +178,12 @@ pub struct Runner {
     http: Rc<HttpClient>,
     /// The sandboxed jq evaluators every run of this runner shares.
     jq: jq::Pool,
+    /// Node execution, shared fairly among users.
+    shares: Shares,
+    /// This process's presence connection, kept open from `started`.
+    presence: Option<Presence>,
+    /// Parents waiting for child runs that end here.
+    children: ChildWatch,
     /// Read our own pending entries (from `backlog_from`) before new ones (>).
     backlog_done: bool,
     /// Where the next read of our own pending entries starts.
@@ -159,9 +216,13 @@ impl Runner {
             slots: cfg.jq_slots,
             max_output_bytes: cfg.max_output_bytes,
         });
+        let shares = Shares::new(cfg.compute_permits, cfg.io_permits);
         Self {
             jq,
             cfg,
+            shares,
+            presence: None,
+            children: ChildWatch::default(),
             conn,
             reader,
             publisher,
@@ -186,12 +247,19 @@ impl Runner {
         self
     }
 
+    /// Keeps this process's presence connection (announced before the
+    /// runner starts, so before any lease is taken) open while it lives.
+    pub fn with_presence(mut self, presence: Presence) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
     fn read(&mut self, ctx: &mut Context<Self>) {
         if self.shutdown.is_cancelled() {
             return;
         }
         let mut conn = self.reader.clone();
-        let consumer = self.cfg.instance_id.clone();
+        let consumer = self.cfg.holder.instance.clone();
         let backlog = !self.backlog_done;
         let from = if backlog {
             requests::From::Pending(self.backlog_from.clone())
@@ -270,27 +338,34 @@ impl Runner {
         let mut conn = self.conn.clone();
         let publisher = self.publisher.clone();
         let cfg = self.cfg.clone();
+        let (jq, shares) = (self.jq.clone(), self.shares.clone());
         let retry = (entry_id.clone(), run_id.clone());
-        async move { initialise(&mut conn, &publisher, &cfg, entry_id, run_id).await }
-            .into_actor(self)
-            .map(move |r, act, ctx| {
-                act.initialising.remove(&retry.1);
-                match r {
-                    Ok(Init::Started(setup)) => {
-                        act.metrics.runs.with_label_values(&["started"]).inc();
-                        act.spawn_run(*setup, ctx)
-                    }
-                    Ok(Init::Resume(rec)) => act.resume(*rec, ctx),
-                    Ok(Init::Nothing) => {}
-                    Err(e) => {
-                        log::warn!("run {}: initialisation failed ({e}); retrying", retry.1);
-                        ctx.run_later(Duration::from_millis(500), move |act, ctx| {
-                            act.init(retry.0, retry.1, ctx)
-                        });
-                    }
+        async move {
+            let exec = Exec {
+                jq: &jq,
+                shares: &shares,
+            };
+            initialise(&mut conn, &publisher, &cfg, exec, entry_id, run_id).await
+        }
+        .into_actor(self)
+        .map(move |r, act, ctx| {
+            act.initialising.remove(&retry.1);
+            match r {
+                Ok(Init::Started(setup)) => {
+                    act.metrics.runs.with_label_values(&["started"]).inc();
+                    act.spawn_run(*setup, ctx)
                 }
-            })
-            .spawn(ctx);
+                Ok(Init::Resume(rec)) => act.resume(*rec, None, ctx),
+                Ok(Init::Nothing) => {}
+                Err(e) => {
+                    log::warn!("run {}: initialisation failed ({e}); retrying", retry.1);
+                    ctx.run_later(Duration::from_millis(500), move |act, ctx| {
+                        act.init(retry.0, retry.1, ctx)
+                    });
+                }
+            }
+        })
+        .spawn(ctx);
     }
 
     fn spawn_run(&mut self, setup: RunSetup, ctx: &mut Context<Self>) {
@@ -300,21 +375,33 @@ impl Runner {
             // and the next start resumes it.
             return;
         }
-        let actor = RunActor::new(
-            setup,
-            self.publisher.clone(),
-            ctx.address().recipient(),
-            self.http.clone(),
-            self.jq.clone(),
-            self.cfg.max_output_bytes,
-            self.metrics.clone(),
-            self.conn.clone(),
-        );
+        if setup.state.status().is_terminal() {
+            // Every node was skipped: the initialising commit ended it.
+            self.metrics.runs.with_label_values(&["completed"]).inc();
+            self.children.ended(&run_id);
+            return;
+        }
+        let env = RunEnv {
+            publisher: self.publisher.clone(),
+            runner: ctx.address().recipient(),
+            http: self.http.clone(),
+            shares: self.shares.clone(),
+            jq: self.jq.clone(),
+            max_output_bytes: self.cfg.max_output_bytes,
+            metrics: self.metrics.clone(),
+            conn: self.conn.clone(),
+            children: self.children.clone(),
+            max_foreach_items: self.cfg.max_foreach_items,
+            max_child_depth: self.cfg.max_child_depth,
+            run_quota: self.cfg.run_quota,
+        };
+        let actor = RunActor::new(setup, env);
         self.runs.insert(run_id, actor.start());
     }
 
-    /// Claims a run's lease and rebuilds its actor from Redis.
-    fn resume(&mut self, rec: RunRecord, ctx: &mut Context<Self>) {
+    /// Claims a run's lease (taking it from `gone`, a dead process's lease
+    /// value, if given) and rebuilds its actor from Redis.
+    fn resume(&mut self, rec: RunRecord, gone: Option<String>, ctx: &mut Context<Self>) {
         if rec.status.is_terminal()
             || self.runs.contains_key(&rec.run_id)
             || self.shutdown.is_cancelled()
@@ -323,11 +410,23 @@ impl Runner {
         }
         let mut conn = self.conn.clone();
         let cfg = self.cfg.clone();
-        async move { claim_and_load(&mut conn, &cfg, rec).await }
+        if let Some(g) = &gone {
+            log::info!("run {}: taking it over from {g}, which is gone", rec.run_id);
+        }
+        async move { claim_and_load(&mut conn, &cfg, rec, gone.as_deref()).await }
             .into_actor(self)
             .map(|r, act, ctx| match r {
                 Ok(Some(setup)) => {
-                    log::info!("run {}: resumed at seq {}", setup.run_id, setup.seq);
+                    if setup.break_crash_loop {
+                        log::warn!(
+                            "run {}: resumed {} times at seq {} without progress; failing it",
+                            setup.run_id,
+                            leases::MAX_RESUMES_WITHOUT_PROGRESS,
+                            setup.seq
+                        );
+                    } else {
+                        log::info!("run {}: resumed at seq {}", setup.run_id, setup.seq);
+                    }
                     act.spawn_run(setup, ctx);
                 }
                 Ok(None) => {}
@@ -346,7 +445,8 @@ impl Runner {
         let live: Vec<String> = self.runs.keys().cloned().collect();
         let cfg = self.cfg.clone();
         async move {
-            leases::renew(&mut conn, &live, &cfg.instance_id, cfg.lease).await?;
+            let me = &cfg.holder;
+            leases::renew(&mut conn, &live, me, cfg.lease).await?;
             let flags = runs::cancel_requested(&mut conn, &live).await?;
             let to_cancel: Vec<String> = live
                 .iter()
@@ -354,20 +454,40 @@ impl Runner {
                 .filter(|(_, f)| *f)
                 .map(|(r, _)| r.clone())
                 .collect();
+            // Runs to resume, each with the dead process's lease value to
+            // take over, if it is held by one.
             let mut orphans = Vec::new();
+            let mut present = None;
             for run_id in runs::active(&mut conn).await? {
                 if live.contains(&run_id) {
                     continue;
                 }
-                let holder = leases::holder(&mut conn, &run_id).await?;
-                if holder.is_none() || holder.as_deref() == Some(&cfg.instance_id) {
-                    if let Some(rec) = runs::load(&mut conn, &run_id).await? {
-                        orphans.push(rec);
+                let value = leases::holder(&mut conn, &run_id).await?;
+                let gone = match Held::of(value.as_deref(), me) {
+                    Held::Free | Held::Mine => None,
+                    Held::Other => continue,
+                    Held::SameInstance(h) => {
+                        if present.is_none() {
+                            let listed = leases::present(&mut conn).await;
+                            if let Err(e) = &listed {
+                                log::warn!("runner: cannot list runner processes ({e}); runs of earlier processes of this instance resume when their leases lapse");
+                            }
+                            present = Some(listed.ok());
+                        }
+                        // Not listed: gone. A live twin's run, or no list
+                        // (CLIENT LIST refused): leave it.
+                        if !matches!(&present, Some(Some(p)) if !p.contains(&h.nonce)) {
+                            continue;
+                        }
+                        value
                     }
+                };
+                if let Some(rec) = runs::load(&mut conn, &run_id).await? {
+                    orphans.push((rec, gone));
                 }
             }
             let claimed =
-                requests::claim_stale(&mut conn, &cfg.instance_id, cfg.lease, CLAIM_BATCH).await?;
+                requests::claim_stale(&mut conn, &me.instance, cfg.lease, CLAIM_BATCH).await?;
             Ok::<_, crate::error::Error>((orphans, claimed, to_cancel))
         }
         .into_actor(self)
@@ -378,11 +498,11 @@ impl Runner {
                         a.do_send(Cancel);
                     }
                 }
-                for rec in orphans {
+                for (rec, gone) in orphans {
                     if rec.status == RunStatus::Queued {
                         continue; // still in the request stream
                     }
-                    act.resume(rec, ctx);
+                    act.resume(rec, gone, ctx);
                 }
                 for req in claimed {
                     act.take(req, ctx);
@@ -400,6 +520,12 @@ impl Runner {
     }
 }
 
+/// What a run's start evaluates its entry conditions with.
+struct Exec<'a> {
+    jq: &'a jq::Pool,
+    shares: &'a Shares,
+}
+
 /// What initialising a request came to.
 enum Init {
     Started(Box<RunSetup>),
@@ -411,6 +537,7 @@ async fn initialise(
     conn: &mut ConnectionManager,
     publisher: &Addr<Publisher>,
     cfg: &RunnerConfig,
+    exec: Exec<'_>,
     entry_id: String,
     run_id: String,
 ) -> Result<Init> {
@@ -432,16 +559,22 @@ async fn initialise(
             return Ok(Init::Nothing);
         }
     };
-    let state = RunState::start(&dag);
+    let run::Start {
+        state,
+        step,
+        failing,
+    } = run::start(&dag, &rec.inputs, &rec.user, exec.jq, &exec.shares.compute).await;
     let mut c = Commit::new(&run_id, &rec.user, 1);
     c.expect_status = Some(RunStatus::Queued.as_str());
     c.ack = Some(entry_id);
-    c.owner = Some(cfg.instance_id.clone());
+    c.owner = Some(cfg.holder.to_string());
     c.lease_ms = Some(cfg.lease.as_millis() as u64);
-    c.active = 1;
-    c.set_status(RunStatus::Running);
+    c.active = if step.finished { -1 } else { 1 };
+    c.set_status(state.status());
     c.set_counter(state.counter());
-    for &e in &dag.entries {
+    // Nothing has completed yet; a run whose every node was skipped ends here.
+    c.set_progress(0, step.finished.then(crate::event::now_ms));
+    for &e in &step.activated {
         c.set_node(
             &dag.node(e).id,
             &NodeRecord::with_status(NodeStatus::Active),
@@ -453,7 +586,26 @@ async fn initialise(
         nodes: dag.len(),
         entry_nodes: dag.entries.len(),
     };
-    c.events.push(Event::new(started, 1).to_json());
+    let mut events = vec![started];
+    for &(k, reason) in &step.skipped {
+        c.set_node(
+            &dag.node(k).id,
+            &NodeRecord::with_status(NodeStatus::Skipped),
+        );
+        events.push(run::skipped_event(&run_id, &dag, k, reason, step.counter));
+    }
+    if step.finished {
+        events.push(EventBody::WorkflowCompleted {
+            run_id: run_id.clone(),
+            counter: 0,
+        });
+    }
+    for (seq, body) in (1..).zip(events) {
+        c.seq = seq;
+        let e = Event::new(body, seq).child_of(rec.parent.as_ref());
+        c.events.push(e.to_json());
+    }
+    let seq = c.seq;
     match publisher::publish(publisher, c).await {
         Some(Outcome::Applied(_)) => {}
         Some(Outcome::StatusMismatch) => {
@@ -470,6 +622,11 @@ async fn initialise(
         .iter()
         .map(|&s| NodeRecord::with_status(s))
         .collect();
+    let outputs = step
+        .skipped
+        .iter()
+        .map(|&(k, _)| (k, Arc::new(Value::Null)))
+        .collect();
     Ok(Init::Started(Box::new(RunSetup {
         run_id,
         user: rec.user,
@@ -477,21 +634,30 @@ async fn initialise(
         inputs: rec.inputs,
         state,
         records,
-        outputs: HashMap::new(),
-        seq: 1,
-        owner: cfg.instance_id.clone(),
+        outputs,
+        seq,
+        owner: cfg.holder.to_string(),
         lease: cfg.lease,
         cancel_requested: rec.cancel_requested,
+        break_crash_loop: false,
+        resumed: false,
+        parent: rec.parent,
+        depth: rec.depth,
+        foreach: HashMap::new(),
+        failing,
     })))
 }
 
-/// Takes a run's lease (free, or already ours) and loads what resuming needs.
+/// Takes a run's lease (free, already ours, or `gone`'s) and loads what
+/// resuming needs.
 async fn claim_and_load(
     conn: &mut ConnectionManager,
     cfg: &RunnerConfig,
     rec: RunRecord,
+    gone: Option<&str>,
 ) -> Result<Option<RunSetup>> {
-    if !leases::claim(conn, &rec.run_id, &cfg.instance_id, cfg.lease).await? {
+    let claim = leases::claim(conn, &rec.run_id, &cfg.holder, gone, cfg.lease).await?;
+    if claim == Claim::NotOurs {
         return Ok(None);
     }
     // Re-read under the lease: the record may have moved since it was listed.
@@ -520,8 +686,14 @@ async fn claim_and_load(
         let v = blob
             .and_then(|b| serde_json::from_str::<Value>(&b).ok())
             .unwrap_or(Value::Null);
-        outputs.insert(i, v);
+        outputs.insert(i, Arc::new(v));
     }
+    for (i, r) in records.iter().enumerate() {
+        if r.status == NodeStatus::Skipped {
+            outputs.insert(i, Arc::new(Value::Null));
+        }
+    }
+    let foreach = load_items(conn, &rec, &dag, &records).await?;
     Ok(Some(RunSetup {
         run_id: rec.run_id,
         user: rec.user,
@@ -531,10 +703,52 @@ async fn claim_and_load(
         records,
         outputs,
         seq: rec.seq,
-        owner: cfg.instance_id.clone(),
+        owner: cfg.holder.to_string(),
         lease: cfg.lease,
         cancel_requested: rec.cancel_requested,
+        break_crash_loop: claim == Claim::Exhausted,
+        resumed: true,
+        parent: rec.parent,
+        depth: rec.depth,
+        foreach,
+        failing: Vec::new(),
     }))
+}
+
+/// What the active `foreach` nodes of a resumed run made durable: their
+/// arrays and their finished items' outputs.
+async fn load_items(
+    conn: &mut ConnectionManager,
+    rec: &RunRecord,
+    dag: &Dag,
+    records: &[NodeRecord],
+) -> Result<HashMap<usize, ResumedItems>> {
+    let mut out = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if r.status != NodeStatus::Active || dag.node(i).foreach.is_none() {
+            continue;
+        }
+        let mut resumed = ResumedItems::default();
+        if let Some(items_ref) = &r.items_ref {
+            let blob = runs::outputs(conn, std::slice::from_ref(items_ref)).await?;
+            resumed.items = blob
+                .into_iter()
+                .next()
+                .flatten()
+                .and_then(|b| serde_json::from_str(&b).ok());
+        }
+        if let Some(done) = rec.items.get(&dag.node(i).id) {
+            let refs: Vec<String> = done.values().cloned().collect();
+            let blobs = runs::outputs(conn, &refs).await?;
+            resumed.finished = done
+                .keys()
+                .zip(blobs)
+                .filter_map(|(&idx, b)| Some((idx, serde_json::from_str(&b?).ok()?)))
+                .collect();
+        }
+        out.insert(i, resumed);
+    }
+    Ok(out)
 }
 
 impl Actor for Runner {
@@ -544,9 +758,14 @@ impl Actor for Runner {
         if let Some(client) = self.control.clone() {
             actix::spawn(listen_control(client, ctx.address()));
         }
+        if let Some(presence) = self.presence.take() {
+            let me = ctx.address();
+            actix::spawn(presence.keep(move || me.connected()));
+        }
         self.read(ctx);
         self.sweep(ctx);
-        ctx.run_interval(self.cfg.lease / 3, |act, ctx| act.sweep(ctx));
+        let every = (self.cfg.lease / 3).min(MAX_SWEEP_INTERVAL);
+        ctx.run_interval(every, |act, ctx| act.sweep(ctx));
     }
 }
 
@@ -584,6 +803,7 @@ impl Handler<RunStopped> for Runner {
 
     fn handle(&mut self, msg: RunStopped, _ctx: &mut Self::Context) {
         self.runs.remove(&msg.run_id);
+        self.children.ended(&msg.run_id);
     }
 }
 
@@ -704,7 +924,7 @@ impl Handler<LetGo> for Runner {
                     left.len()
                 );
                 let ids: Vec<String> = left.into_iter().map(|(id, _)| id).collect();
-                let release = leases::release(&mut conn, &ids, &cfg.instance_id);
+                let release = leases::release(&mut conn, &ids, &cfg.holder);
                 if !matches!(tokio::time::timeout_at(deadline, release).await, Ok(Ok(()))) {
                     log::warn!(
                         "runner: could not release the leases of unfinished runs; they expire"

@@ -3,9 +3,16 @@
 //! A workflow is a DAG of nodes registered under a tag. [`Workflow::compile`]
 //! checks everything that can be checked before a run starts (unique ids,
 //! parents exist, no cycle, at least one entry node, size limits, jq filters
-//! that parse) and yields a [`Dag`]: the index-based graph that the counter
-//! state machine and the run actor work on. Every error message names the
-//! node it is about, and a cycle error names the nodes of the cycle.
+//! that parse, control-flow fields that make sense) and yields a [`Dag`]: the
+//! index-based graph that the counter state machine and the run actor work
+//! on. Every error message names the node it is about, and a cycle error
+//! names the nodes of the cycle.
+//!
+//! Control flow lives on the nodes: `when` (a condition that may skip the
+//! node), `trigger` (how parents that were skipped count), `foreach` (run
+//! the node once per item of an array, `concurrency` at a time) and the
+//! `workflow` kind (a child run). What needs other workflows to check (the
+//! child's tag exists, no recursion) is `store::workflows::check_children`'s.
 
 use std::collections::HashMap;
 
@@ -18,6 +25,10 @@ use crate::outside::spec::{self as outside, ApprovalSpec, SignalSpec, TaskSpec};
 
 /// Upper bound on nodes per workflow unless configured otherwise.
 pub const DEFAULT_MAX_NODES: usize = 10_000;
+/// Items of a `foreach` node running at once unless it says otherwise.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+/// Largest `concurrency` a `foreach` node may ask for.
+pub const MAX_CONCURRENCY: u32 = 1024;
 /// Longest accepted node id or tag, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
 
@@ -28,6 +39,44 @@ pub struct Workflow {
     pub tag: String,
     /// The nodes, in any order.
     pub nodes: Vec<NodeSpec>,
+    /// Optional events the workflow asks for.
+    #[serde(default, skip_serializing_if = "EventOptions::is_default")]
+    pub events: EventOptions,
+}
+
+/// Events beyond the seed's that a workflow opts into, so that one that
+/// does not ask (the seed's `flight-search`) keeps exactly the seed's
+/// documented sequence.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EventOptions {
+    /// Publish `node_started` when each attempt of a node begins.
+    #[serde(default)]
+    pub node_started: bool,
+}
+
+impl EventOptions {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// When a node with parents may run.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Every parent completed; a skipped parent skips the node.
+    #[default]
+    AllCompleted,
+    /// Every parent finished and at least one completed (the join after an
+    /// if/else); if none completed, the node is skipped.
+    AnyCompleted,
+}
+
+impl Trigger {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// One node of a workflow.
@@ -47,6 +96,19 @@ pub struct NodeSpec {
     /// Deadline of one attempt, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// A jq condition over `{inputs, nodes}`, evaluated once the parents
+    /// have finished: false or null skips the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// How skipped parents count.
+    #[serde(default, skip_serializing_if = "Trigger::is_default")]
+    pub trigger: Trigger,
+    /// A jq filter yielding an array: the node runs once per item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreach: Option<String>,
+    /// Items of a `foreach` running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 /// The node kinds.
@@ -65,12 +127,26 @@ pub enum NodeKind {
     },
     /// An HTTP request whose JSON (or text) response is the output.
     Http(HttpSpec),
+    /// A child run of another workflow; its output maps the child's sink
+    /// nodes to their outputs.
+    Workflow(ChildSpec),
     /// Work handed to the user's workers over a durable queue.
     Task(TaskSpec),
     /// Waits for the run's owner to approve or reject.
     Approval(ApprovalSpec),
     /// Waits for a named signal posted to the run.
     Signal(SignalSpec),
+}
+
+/// A `workflow` node's child run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChildSpec {
+    /// The child workflow's tag.
+    pub tag: String,
+    /// A jq filter over `{inputs, nodes}` (plus `item` and `index` with
+    /// `foreach`) yielding the child's inputs; the parent's inputs if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
 }
 
 /// An `http` node's request.
@@ -136,6 +212,7 @@ impl NodeSpec {
             NodeKind::Transform { .. } => "transform",
             NodeKind::Delay { .. } => "delay",
             NodeKind::Http(_) => "http",
+            NodeKind::Workflow(_) => "workflow",
             NodeKind::Task(_) => "task",
             NodeKind::Approval(_) => "approval",
             NodeKind::Signal(_) => "signal",
@@ -149,6 +226,11 @@ impl NodeSpec {
             self.kind,
             NodeKind::Task(_) | NodeKind::Approval(_) | NodeKind::Signal(_)
         )
+    }
+
+    /// Items of a `foreach` running at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or(DEFAULT_CONCURRENCY) as usize
     }
 }
 
@@ -186,6 +268,22 @@ impl Dag {
     pub fn node(&self, i: usize) -> &NodeSpec {
         &self.workflow.nodes[i]
     }
+
+    /// Nodes without children, in declaration order: their outputs are a
+    /// child run's output.
+    pub fn sinks(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).filter(|&i| self.children[i].is_empty())
+    }
+}
+
+impl Workflow {
+    /// `(node id, child tag)` of every `workflow` node.
+    pub fn child_tags(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.nodes.iter().filter_map(|n| match &n.kind {
+            NodeKind::Workflow(c) => Some((n.id.as_str(), c.tag.as_str())),
+            _ => None,
+        })
+    }
 }
 
 /// Checks a tag: non-empty, at most [`MAX_ID_BYTES`], URL-path safe.
@@ -215,12 +313,23 @@ pub(crate) fn validate_name(what: &str, s: &str) -> Result<(), String> {
 }
 
 /// Fields every node may have.
-const NODE_FIELDS: &[&str] = &["id", "kind", "depends_on", "retry", "timeout_ms"];
+const NODE_FIELDS: &[&str] = &[
+    "id",
+    "kind",
+    "depends_on",
+    "retry",
+    "timeout_ms",
+    "when",
+    "trigger",
+    "foreach",
+    "concurrency",
+];
 /// The node kinds and the fields each adds.
 const KINDS: &[(&str, &[&str])] = &[
     ("transform", &["filter"]),
     ("delay", &["ms"]),
     ("http", &["method", "url", "url_filter", "headers", "body"]),
+    ("workflow", &["tag", "inputs"]),
     ("task", &["queue", "input", "heartbeat_ms"]),
     ("approval", &["prompt", "on_timeout"]),
     ("signal", &["name"]),
@@ -323,6 +432,10 @@ impl NodeSpec {
             "delay" => NodeKind::Delay {
                 ms: required(&mut m, &who, "ms")?,
             },
+            "workflow" => NodeKind::Workflow(ChildSpec {
+                tag: required(&mut m, &who, "tag")?,
+                inputs: field(&mut m, &who, "inputs")?,
+            }),
             "task" => NodeKind::Task(TaskSpec {
                 queue: required(&mut m, &who, "queue")?,
                 input: field(&mut m, &who, "input")?,
@@ -348,6 +461,10 @@ impl NodeSpec {
             depends_on: field(&mut m, &who, "depends_on")?.unwrap_or_default(),
             retry: field(&mut m, &who, "retry")?,
             timeout_ms: field(&mut m, &who, "timeout_ms")?,
+            when: field(&mut m, &who, "when")?,
+            trigger: field(&mut m, &who, "trigger")?.unwrap_or_default(),
+            foreach: field(&mut m, &who, "foreach")?,
+            concurrency: field(&mut m, &who, "concurrency")?,
             id,
         })
     }
@@ -384,9 +501,14 @@ impl Workflow {
                 ))
             }
         };
+        let events = match m.remove("events") {
+            None => EventOptions::default(),
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| format!("workflow {tag:?}: field \"events\": {e}"))?,
+        };
         if let Some(k) = m.keys().next() {
             return Err(format!(
-                "workflow {tag:?}: unknown field {k:?}; expected \"tag\" and \"nodes\""
+                "workflow {tag:?}: unknown field {k:?}; expected \"tag\", \"nodes\" and \"events\""
             ));
         }
         let nodes = nodes
@@ -394,7 +516,7 @@ impl Workflow {
             .enumerate()
             .map(|(pos, n)| NodeSpec::from_json(pos, n))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { tag, nodes })
+        Ok(Self { tag, nodes, events })
     }
 
     /// Validates the workflow and builds its graph.
@@ -421,6 +543,20 @@ impl Workflow {
         let mut children = vec![Vec::new(); self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
             check_node(n)?;
+            if let NodeKind::Workflow(c) = &n.kind {
+                if c.tag == self.tag {
+                    return Err(format!(
+                        "node {:?} runs workflow {:?}, the workflow it belongs to: a child workflow may not run itself",
+                        n.id, c.tag
+                    ));
+                }
+            }
+            if n.trigger != Trigger::AllCompleted && n.depends_on.is_empty() {
+                return Err(format!(
+                    "node {:?}: trigger \"any_completed\" needs parents (depends_on)",
+                    n.id
+                ));
+            }
             for p in &n.depends_on {
                 let Some(&pi) = index.get(p) else {
                     return Err(format!(
@@ -457,12 +593,41 @@ impl Workflow {
     }
 }
 
+/// The jq filters of a node, with the field each comes from.
+fn filters(n: &NodeSpec) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
+    match &n.kind {
+        NodeKind::Transform { filter } => out.push(("filter", filter.as_str())),
+        NodeKind::Http(h) => {
+            out.extend(h.url_filter.as_deref().map(|f| ("url_filter", f)));
+            out.extend(h.body.as_deref().map(|f| ("body", f)));
+        }
+        NodeKind::Workflow(c) => out.extend(c.inputs.as_deref().map(|f| ("inputs", f))),
+        NodeKind::Task(t) => out.extend(t.input.as_deref().map(|f| ("input", f))),
+        NodeKind::Approval(a) => out.extend(a.prompt.as_deref().map(|f| ("prompt", f))),
+        NodeKind::Delay { .. } | NodeKind::Signal(_) => {}
+    }
+    out.extend(n.when.as_deref().map(|f| ("when", f)));
+    out.extend(n.foreach.as_deref().map(|f| ("foreach", f)));
+    out
+}
+
 fn check_node(n: &NodeSpec) -> Result<(), String> {
     let bad = |m: String| Err(format!("node {:?}: {m}", n.id));
+    for (field, code) in filters(n) {
+        if let Err(e) = jq::check(code) {
+            return bad(if field == "filter" {
+                format!("invalid jq filter: {e}")
+            } else {
+                format!("{field}: invalid jq filter: {e}")
+            });
+        }
+    }
     match &n.kind {
-        NodeKind::Transform { filter } => {
-            if let Err(e) = jq::check(filter) {
-                return bad(format!("invalid jq filter: {e}"));
+        NodeKind::Transform { .. } => {}
+        NodeKind::Workflow(c) => {
+            if let Err(e) = validate_name("child workflow tag", &c.tag) {
+                return bad(e);
             }
         }
         NodeKind::Delay { ms } => {
@@ -482,15 +647,28 @@ fn check_node(n: &NodeSpec) -> Result<(), String> {
             if h.method.parse::<http_method::Method>().is_err() {
                 return bad(format!("unknown HTTP method {:?}", h.method));
             }
-            for (field, f) in [("url_filter", &h.url_filter), ("body", &h.body)] {
-                if let Some(Err(e)) = f.as_deref().map(jq::check) {
-                    return bad(format!("{field}: invalid jq filter: {e}"));
-                }
-            }
         }
         NodeKind::Task(t) => outside::check_task(t, n.timeout_ms).or_else(bad)?,
         NodeKind::Approval(a) => outside::check_approval(a, n.timeout_ms).or_else(bad)?,
         NodeKind::Signal(sg) => outside::check_signal(sg, n.timeout_ms).or_else(bad)?,
+    }
+    if n.foreach.is_some() && n.waits_outside() {
+        // One wait per node attempt (`run::outside`); items would need
+        // one each.
+        return bad(format!(
+            "foreach is not available on a {} node; put the {} node in a child workflow run per item",
+            n.kind_name(),
+            n.kind_name()
+        ));
+    }
+    match (n.concurrency, &n.foreach) {
+        (Some(_), None) => return bad("concurrency needs foreach".into()),
+        (Some(c), Some(_)) if c == 0 || c > MAX_CONCURRENCY => {
+            return bad(format!(
+                "concurrency must be between 1 and {MAX_CONCURRENCY}, not {c}"
+            ))
+        }
+        _ => {}
     }
     if let Some(r) = n.retry {
         if r.max_attempts == 0 || r.max_attempts > 100 {
@@ -518,6 +696,77 @@ mod http_method {
             }
         }
     }
+}
+
+/// Default of `--max-child-depth`: how deeply child runs may nest.
+pub const DEFAULT_MAX_CHILD_DEPTH: u32 = 8;
+
+/// The `workflow` nodes of registered workflows, by tag: `(node id, child
+/// tag)` of each. A tag that is not registered is absent.
+pub type ChildGraph = HashMap<String, Vec<(String, String)>>;
+
+/// Checks the child workflows `root` runs, through every level: each child
+/// tag exists, no workflow runs itself again below (recursion), and nothing
+/// nests deeper than `max_depth` (a child of `root` is at depth 1). The
+/// message names the node and the chain of tags.
+pub fn check_child_graph(root: &str, graph: &ChildGraph, max_depth: u32) -> Result<(), String> {
+    /// `"a" -> "b" -> ` for messages.
+    fn chain(path: &[String], sep: &str) -> String {
+        path.iter().map(|t| format!("{t:?}{sep}")).collect()
+    }
+    // Depth-first over paths; `below` memoises the deepest chain under a tag
+    // already explored without finding a problem.
+    fn walk(
+        tag: &str,
+        path: &mut Vec<String>,
+        graph: &ChildGraph,
+        below: &mut HashMap<String, u32>,
+        max_depth: u32,
+    ) -> Result<u32, String> {
+        if let Some(&d) = below.get(tag) {
+            return Ok(d);
+        }
+        let mut deepest = 0;
+        for (node, child) in graph.get(tag).map(Vec::as_slice).unwrap_or_default() {
+            let at = if path.len() == 1 {
+                format!("node {node:?}")
+            } else {
+                format!("node {node:?} of workflow {tag:?}")
+            };
+            if path.iter().any(|t| t == child) {
+                return Err(format!(
+                    "{at}: workflow {}{child:?} again: recursion is not allowed",
+                    chain(path, " runs ")
+                ));
+            }
+            if !graph.contains_key(child) {
+                return Err(format!("{at}: child workflow {child:?} does not exist"));
+            }
+            let child_depth = path.len() as u32;
+            let too_deep = |path: &[String], below: u32| {
+                format!(
+                    "{at}: child workflows nest {} deep ({}{child:?}{}); the limit is {max_depth} (--max-child-depth)",
+                    child_depth + below,
+                    chain(path, " -> "),
+                    if below > 0 { " -> ..." } else { "" }
+                )
+            };
+            if child_depth > max_depth {
+                return Err(too_deep(path, 0));
+            }
+            path.push(child.clone());
+            let d = walk(child, path, graph, below, max_depth)?;
+            path.pop();
+            if child_depth + d > max_depth {
+                return Err(too_deep(path, d));
+            }
+            deepest = deepest.max(d + 1);
+        }
+        below.insert(tag.to_owned(), deepest);
+        Ok(deepest)
+    }
+    let mut path = vec![root.to_owned()];
+    walk(root, &mut path, graph, &mut HashMap::new(), max_depth).map(|_| ())
 }
 
 /// Returns the nodes of one cycle, in order, if the graph has any.
@@ -706,6 +955,172 @@ mod tests {
         let e = wf(json!({"tag": "bad tag", "nodes": [{"id": "a", "kind": "delay", "ms": 1}]}))
             .unwrap_err();
         assert!(e.contains("tag"), "{e}");
+    }
+
+    #[test]
+    fn control_flow_fields_parse_store_and_validate() {
+        let v = json!({"tag": "flow", "events": {"node_started": true}, "nodes": [
+            {"id": "search", "kind": "transform", "filter": "{hits: []}"},
+            {"id": "found", "kind": "transform", "depends_on": ["search"],
+             "when": ".nodes.search.hits | length > 0", "filter": "1"},
+            {"id": "none", "kind": "delay", "ms": 0, "depends_on": ["search"],
+             "when": ".nodes.search.hits | length == 0"},
+            {"id": "join", "kind": "transform", "depends_on": ["found", "none"],
+             "trigger": "any_completed", "filter": "."},
+            {"id": "each", "kind": "workflow", "tag": "child", "inputs": "{x: .item}",
+             "foreach": "[range(3)]", "concurrency": 2, "depends_on": ["join"]}
+        ]});
+        let d = wf(v.clone()).unwrap();
+        assert!(d.workflow.events.node_started);
+        assert_eq!(d.node(3).trigger, Trigger::AnyCompleted);
+        assert_eq!(d.node(4).concurrency(), 2);
+        assert_eq!(d.node(0).concurrency(), DEFAULT_CONCURRENCY as usize);
+        assert_eq!(
+            d.workflow.child_tags().collect::<Vec<_>>(),
+            vec![("each", "child")]
+        );
+        assert_eq!(d.sinks().collect::<Vec<_>>(), vec![4]);
+        let stored = serde_json::to_value(&d.workflow).unwrap();
+        assert_eq!(Workflow::from_json(stored).unwrap(), d.workflow);
+        // A workflow without control flow stores as before.
+        let plain = json!({"tag": "p", "nodes": [{"id": "a", "kind": "delay", "ms": 1}]});
+        let w = wf(plain.clone()).unwrap().workflow;
+        assert_eq!(serde_json::to_value(&w).unwrap(), plain);
+    }
+
+    #[test]
+    fn bad_control_flow_is_refused_with_the_node_named() {
+        let one = |node: serde_json::Value| {
+            wf(json!({"tag": "t", "nodes": [
+                {"id": "a", "kind": "delay", "ms": 0}, node
+            ]}))
+        };
+        let cases = [
+            (
+                json!({"id": "b", "kind": "delay", "ms": 0, "depends_on": ["a"], "when": ".x |||"}),
+                "node \"b\": when: invalid jq filter",
+            ),
+            (
+                json!({"id": "b", "kind": "delay", "ms": 0, "depends_on": ["a"], "trigger": "most_completed"}),
+                "node \"b\": field \"trigger\"",
+            ),
+            (
+                json!({"id": "b", "kind": "delay", "ms": 0, "trigger": "any_completed"}),
+                "node \"b\": trigger \"any_completed\" needs parents",
+            ),
+            (
+                json!({"id": "b", "kind": "delay", "ms": 0, "foreach": "[1,"}),
+                "node \"b\": foreach: invalid jq filter",
+            ),
+            (
+                json!({"id": "b", "kind": "delay", "ms": 0, "concurrency": 4}),
+                "node \"b\": concurrency needs foreach",
+            ),
+            (
+                json!({"id": "b", "kind": "delay", "ms": 0, "foreach": "[]", "concurrency": 0}),
+                "node \"b\": concurrency must be between 1 and 1024",
+            ),
+            (
+                json!({"id": "b", "kind": "delay", "ms": 0, "foreach": "[]", "concurrency": -1}),
+                "node \"b\": field \"concurrency\"",
+            ),
+            (
+                json!({"id": "b", "kind": "workflow"}),
+                "node \"b\": missing field \"tag\"",
+            ),
+            (
+                json!({"id": "b", "kind": "workflow", "tag": "t"}),
+                "a child workflow may not run itself",
+            ),
+            (
+                json!({"id": "b", "kind": "workflow", "tag": "bad tag"}),
+                "node \"b\": child workflow tag",
+            ),
+            (
+                json!({"id": "b", "kind": "workflow", "tag": "c", "inputs": "{"}),
+                "node \"b\": inputs: invalid jq filter",
+            ),
+            (
+                json!({"id": "b", "kind": "workflow", "tag": "c", "url": "http://x"}),
+                "node \"b\": unknown field \"url\" for a workflow node",
+            ),
+        ];
+        for (node, want) in cases {
+            let e = one(node.clone()).unwrap_err();
+            assert!(e.contains(want), "{node}: {e}");
+        }
+        let e = wf(
+            json!({"tag": "t", "events": {"node_startd": true}, "nodes": [
+                {"id": "a", "kind": "delay", "ms": 0}
+            ]}),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("field \"events\"") && e.contains("node_startd"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn child_graphs_must_exist_end_and_stay_shallow() {
+        let g = |edges: &[(&str, &[&str])]| -> ChildGraph {
+            edges
+                .iter()
+                .map(|(t, cs)| {
+                    let e = cs
+                        .iter()
+                        .map(|c| (format!("run-{c}"), c.to_string()))
+                        .collect();
+                    (t.to_string(), e)
+                })
+                .collect()
+        };
+        let ok = g(&[("a", &["b", "c"]), ("b", &["c"]), ("c", &[])]);
+        assert_eq!(check_child_graph("a", &ok, 8), Ok(()));
+        assert!(check_child_graph("a", &ok, 1)
+            .unwrap_err()
+            .contains("nest 2 deep"));
+        let missing = g(&[("a", &["b"]), ("b", &["ghost"])]);
+        let e = check_child_graph("a", &missing, 8).unwrap_err();
+        assert!(
+            e.contains(
+                "node \"run-ghost\" of workflow \"b\": child workflow \"ghost\" does not exist"
+            ),
+            "{e}"
+        );
+        let e = check_child_graph("a", &g(&[("a", &["x"])]), 8).unwrap_err();
+        assert!(
+            e.starts_with("node \"run-x\": child workflow \"x\" does not exist"),
+            "{e}"
+        );
+        let rec = g(&[("a", &["b"]), ("b", &["a"])]);
+        let e = check_child_graph("a", &rec, 8).unwrap_err();
+        assert!(
+            e.contains("\"a\" runs \"b\" runs \"a\" again: recursion"),
+            "{e}"
+        );
+        // A cycle below the root, and one found through a memoised branch.
+        let deep = g(&[
+            ("a", &["b", "c"]),
+            ("b", &["d"]),
+            ("c", &["d"]),
+            ("d", &["c"]),
+        ]);
+        assert!(check_child_graph("a", &deep, 8)
+            .unwrap_err()
+            .contains("recursion"));
+        // Depth through a shared subtree reached at two depths.
+        let chain = g(&[
+            ("r", &["s", "a"]),
+            ("a", &["b"]),
+            ("b", &["s"]),
+            ("s", &["t"]),
+            ("t", &[]),
+        ]);
+        assert_eq!(check_child_graph("r", &chain, 4), Ok(()));
+        assert!(check_child_graph("r", &chain, 3)
+            .unwrap_err()
+            .contains("limit is 3"));
     }
 
     #[test]

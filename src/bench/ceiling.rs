@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use flowcast_actors::counter::{NodeStatus, RunStatus};
 use flowcast_actors::event::{Event, EventBody};
 use flowcast_actors::publisher::MAX_BATCH;
-use flowcast_actors::store::commit::{self, Commit, Outcome};
+use flowcast_actors::store::commit::{self, Commit, Outcome, Sealed};
 use flowcast_actors::store::{self, NodeRecord};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -65,10 +65,9 @@ fn completion(bench: &str, user: &str, k: u64, output: &(String, Vec<u8>)) -> Co
     c.set_node(
         &node_id,
         &NodeRecord {
-            status: NodeStatus::Completed,
             attempt: 1,
             result_ref: Some(result_ref.clone()),
-            error: None,
+            ..NodeRecord::with_status(NodeStatus::Completed)
         },
     );
     c.set_node(&next_id, &NodeRecord::with_status(NodeStatus::Active));
@@ -114,11 +113,15 @@ pub async fn measure(url: &str, secs: f64, history_max: u64) -> anyhow::Result<C
     });
 
     let output = flowcast_actors::result::address(&Value::Null);
+    let retention = commit::Retention {
+        history_max,
+        ..Default::default()
+    };
     let build = |from: u64| {
-        let batch: Vec<Commit> = (from..from + MAX_BATCH as u64)
-            .map(|k| completion(&bench, &user, k, &output))
+        let batch: Vec<Sealed> = (from..from + MAX_BATCH as u64)
+            .map(|k| completion(&bench, &user, k, &output).seal())
             .collect();
-        commit::pipeline(&batch, history_max)
+        commit::pipeline(&batch, &retention)
     };
     let deadline = Duration::from_secs_f64(secs);
     let started = Instant::now();
@@ -149,7 +152,11 @@ pub async fn measure(url: &str, secs: f64, history_max: u64) -> anyhow::Result<C
         del.del(store::keys::run(&run_id)).ignore();
         del.del(store::keys::run_events(&run_id)).ignore();
         del.del(store::keys::owner(&run_id)).ignore();
+        del.del(store::keys::run_refs(&run_id)).ignore();
     }
+    // The output (null) is shared with real runs: drop only the bench user's holds.
+    del.hdel(store::keys::result_holders(&output.0), &user)
+        .ignore();
     del.del(store::keys::history(&user)).ignore();
     del.del(store::keys::user_results(&user)).ignore();
     del.query_async::<()>(&mut conn).await?;

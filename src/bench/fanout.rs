@@ -1,5 +1,7 @@
-//! `flowcast bench fanout`: N WebSocket connections over U users, messages
-//! published to the server's source, every receipt accounted for.
+//! `flowcast bench fanout`: N WebSocket connections (or SSE streams, with
+//! an `http://` URL such as `http://127.0.0.1:8084/events?username={user}`)
+//! over U users, messages published to the server's source, every receipt
+//! accounted for.
 //!
 //! Phases: connect (at the connect rate, from rotating loopback source
 //! addresses), settle (let the server subscribe), publish (rate or closed
@@ -15,12 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::conn::{connect, error_kind};
+use super::conn::{error_kind, subscribe, Received};
 use super::ledger::{Counts, Ledger, Seen};
 use super::procfs::{self, Sample};
 use super::publish::{self, Mode, Plan, Target};
@@ -187,10 +187,10 @@ async fn open_all(
         let (shared, done) = (shared.clone(), done_tx.clone());
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let ws = connect(&target, source, CONNECT_TIMEOUT).await;
+            let feed = subscribe(&target, source, CONNECT_TIMEOUT).await;
             drop(permit);
-            let mut ws = match ws {
-                Ok(ws) => ws,
+            let mut feed = match feed {
+                Ok(f) => f,
                 Err(e) => {
                     shared.failed.fetch_add(1, Ordering::Relaxed);
                     Shared::count(&shared.failures, error_kind(&e));
@@ -207,18 +207,13 @@ async fn open_all(
             drop(done);
             let mut seen = Seen::default();
             let why = loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) => shared.receive(t.as_str(), user, &mut seen),
-                    Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
+                match feed.recv().await {
+                    Received::Text(t) => match std::str::from_utf8(&t) {
                         Ok(t) => shared.receive(t, user, &mut seen),
                         Err(_) => shared.ledger.garbled(),
                     },
-                    Some(Ok(Message::Close(c))) => {
-                        break c.map_or("close".to_owned(), |c| format!("close {}", c.code))
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break error_kind(&e.into()),
-                    None => break "eof".to_owned(),
+                    Received::Garbled => shared.ledger.garbled(),
+                    Received::End(why) => break why,
                 }
             };
             shared.live[user].fetch_sub(1, Ordering::Relaxed);

@@ -1,19 +1,22 @@
 //! `flowcast bench`: the load generator that measures flowcast (and, with
 //! URL templates, other fan-out servers such as nchan) on this machine.
 //!
-//! - [`fanout`]: N WebSocket connections over U users, messages published to
+//! - [`fanout`]: N WebSocket (or SSE) connections over U users, messages published to
 //!   Redis or over HTTP, latency / loss / duplicates / throughput / server
 //!   memory per connection;
 //! - [`runs`]: runs submitted over REST and followed on WebSocket, runs/s,
 //!   node completions/s, latencies, and the Redis ceiling ([`ceiling`]) of
-//!   the writes one node completion needs, measured in the same invocation.
+//!   the writes one node completion needs, measured in the same invocation;
+//! - [`replay`]: many clients resuming from the start of a long history and
+//!   reading slowly, with the server's peak memory.
 //!
 //! Building blocks: [`stats`] (latency histogram), [`ledger`] (loss and
 //! duplicate accounting), [`stamp`] (the timestamped message), [`template`]
 //! (names, `{user}` templates, loopback-only targets), [`conn`] (WebSocket
-//! connections from several source addresses), [`publish`] (rate and
-//! closed-loop publishers), `crate::http` (keep-alive HTTP client), [`procfs`]
-//! (server RSS and CPU), [`report`] (JSON line and table).
+//! connections and SSE streams ([`sse`]) from several source addresses),
+//! [`publish`] (rate and closed-loop publishers), `crate::http` (keep-alive
+//! HTTP client), [`procfs`] (server RSS and CPU), [`report`] (JSON line and
+//! table).
 //!
 //! Every load is bounded in count and time, targets loopback addresses only,
 //! and stops by itself. The bench runs on its own multi-thread tokio
@@ -25,8 +28,10 @@ mod fanout;
 mod ledger;
 mod procfs;
 mod publish;
+mod replay;
 mod report;
 mod runs;
+mod sse;
 mod stamp;
 mod stats;
 pub mod template;
@@ -47,6 +52,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         match cmd {
             BenchCommand::Fanout(a) => fanout::run(*a).await,
             BenchCommand::Runs(a) => runs::run(*a).await,
+            BenchCommand::Replay(a) => replay::run(*a).await,
         }
     })
 }

@@ -6,7 +6,11 @@
 //! socket) or at a fixed rate. For each run the bench notes the POST time
 //! and the receipt of `workflow_started` and of its terminal event, which
 //! gives POST→started and POST→completed latencies, and counts node
-//! completions and events. Afterwards, in the same invocation and on the
+//! completions and events, `foreach` items done (`node_progress`) and child
+//! runs completed (events that carry `parent_run_id`). Generated workflows:
+//! `--wide N` (a static fan-out of N nodes), `--foreach N` (one node over N
+//! items), `--foreach-children N` (one child run per item), each with
+//! `node_started` events on request. Afterwards, in the same invocation and on the
 //! same Redis, the [`ceiling`](super::ceiling) of the commit writes is
 //! measured, and the node completion rate is reported as a fraction of it.
 
@@ -41,15 +45,60 @@ const MAX_DURATION_S: f64 = 600.0;
 /// HTTP connections of the open-loop (rate) submitter.
 const RATE_WORKERS: usize = 32;
 
-/// The generated fan-out workflow: `start` → `width` × delay 0 → `end`.
-pub fn wide_workflow(width: usize) -> Value {
-    let mut nodes = vec![json!({"id": "start", "kind": "delay", "ms": 0})];
+/// The generated fan-out workflow: `start` → `width` × node → `end`, each
+/// node a `delay` of 0 or, with `filter`, a `transform` running it (CPU
+/// work, or large outputs, for the fair-share benchmark).
+pub fn wide_workflow(width: usize, filter: Option<&str>) -> Value {
+    let node = |id: &str, deps: &[String]| {
+        let mut n = match filter {
+            Some(f) => json!({"id": id, "kind": "transform", "filter": f}),
+            None => json!({"id": id, "kind": "delay", "ms": 0}),
+        };
+        if !deps.is_empty() {
+            n["depends_on"] = json!(deps);
+        }
+        n
+    };
     let mids: Vec<String> = (0..width).map(|i| format!("w{i}")).collect();
-    for id in &mids {
-        nodes.push(json!({"id": id, "kind": "delay", "ms": 0, "depends_on": ["start"]}));
-    }
-    nodes.push(json!({"id": "end", "kind": "delay", "ms": 0, "depends_on": mids}));
-    json!({"tag": format!("bench-wide-{width}"), "nodes": nodes})
+    let mut nodes = vec![node("start", &[])];
+    nodes.extend(mids.iter().map(|id| node(id, &["start".to_owned()])));
+    nodes.push(node("end", &mids));
+    let tag = match filter {
+        Some(_) => format!("bench-wide-{width}-transform"),
+        None => format!("bench-wide-{width}"),
+    };
+    json!({"tag": tag, "nodes": nodes})
+}
+
+/// The child workflow of [`foreach_workflow`]'s children: one delay 0.
+pub fn child_workflow() -> Value {
+    json!({"tag": "bench-child", "nodes": [{"id": "leaf", "kind": "delay", "ms": 0}]})
+}
+
+/// The generated `foreach` workflow: `start` → one node over `items` items
+/// (a delay 0 each, or with `children` a run of [`child_workflow`] each)
+/// → `end`: the same shape of work as [`wide_workflow`]`(items)`.
+pub fn foreach_workflow(items: usize, concurrency: u32, children: bool) -> Value {
+    let (tag, mut each) = if children {
+        (
+            format!("bench-children-{items}"),
+            json!({"kind": "workflow", "tag": "bench-child", "inputs": "{}"}),
+        )
+    } else {
+        (
+            format!("bench-foreach-{items}"),
+            json!({"kind": "delay", "ms": 0}),
+        )
+    };
+    each["id"] = json!("each");
+    each["depends_on"] = json!(["start"]);
+    each["foreach"] = json!(format!("[range({items})]"));
+    each["concurrency"] = json!(concurrency);
+    json!({"tag": tag, "nodes": [
+        {"id": "start", "kind": "delay", "ms": 0},
+        each,
+        {"id": "end", "kind": "delay", "ms": 0, "depends_on": ["each"]}
+    ]})
 }
 
 /// The fields of an event the bench reads.
@@ -59,6 +108,12 @@ struct EventHead<'a> {
     kind: Cow<'a, str>,
     #[serde(default, borrow)]
     run_id: Option<Cow<'a, str>>,
+    /// Set on a child run's events.
+    #[serde(default, borrow)]
+    parent_run_id: Option<Cow<'a, str>>,
+    /// Items done, on `node_progress`.
+    #[serde(default)]
+    done: Option<u64>,
 }
 
 #[derive(Default)]
@@ -79,6 +134,10 @@ struct Tracker {
     to_started: Histogram,
     to_completed: Histogram,
     frames: AtomicU64,
+    /// `foreach` items done (`node_progress` after the first item).
+    items: AtomicU64,
+    /// Child runs that completed.
+    child_runs: AtomicU64,
 }
 
 impl Tracker {
@@ -104,6 +163,16 @@ impl Tracker {
         let Some(run_id) = e.run_id else {
             return;
         };
+        if e.parent_run_id.is_some() {
+            // A child run: counted, not tracked (the bench did not post it).
+            if e.kind == "workflow_completed" {
+                self.child_runs.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        if e.kind == "node_progress" && e.done.unwrap_or(0) > 0 {
+            self.items.fetch_add(1, Ordering::Relaxed);
+        }
         let mut runs = self.lock();
         let t = runs.entry(run_id.into_owned()).or_default();
         t.events += 1;
@@ -242,6 +311,10 @@ struct Report {
     runs_per_s: f64,
     node_completions_per_s: f64,
     events_per_s: f64,
+    items: u64,
+    items_per_s: f64,
+    child_runs: u64,
+    child_runs_per_s: f64,
     post_to_started_us: Summary,
     post_to_completed_us: Summary,
     ceiling: Option<Ceiling>,
@@ -270,11 +343,26 @@ fn check(args: &RunsArgs) -> anyhow::Result<()> {
 }
 
 /// Registers the workflow, if one is given, for every bench user (each
-/// user runs only their own workflows and the shared catalogue); returns
-/// its tag and node count.
+/// user runs only their own workflows and the shared catalogue), with the
+/// child workflow of `--foreach-children`; returns its tag and node count.
 async fn workflow(args: &RunsArgs, users: &[String]) -> anyhow::Result<(String, Option<usize>)> {
-    let body = match (&args.wide, &args.workflow, &args.tag) {
-        (Some(w), _, _) => wide_workflow(*w),
+    if args.foreach_children.is_some() {
+        put_workflow(args, users, &child_workflow()).await?;
+    }
+    let generated = match (args.wide, args.foreach, args.foreach_children) {
+        (Some(w), _, _) => Some(wide_workflow(w, args.wide_filter.as_deref())),
+        (_, Some(n), _) => Some(foreach_workflow(n, args.item_concurrency, false)),
+        (_, _, Some(n)) => Some(foreach_workflow(n, args.item_concurrency, true)),
+        _ => None,
+    };
+    let body = match (generated, &args.workflow, &args.tag) {
+        (Some(mut w), _, _) => {
+            if args.node_started {
+                w["events"] = json!({"node_started": true});
+                w["tag"] = json!(format!("{}-started", w["tag"].as_str().unwrap_or("")));
+            }
+            w
+        }
         (None, Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -285,11 +373,23 @@ async fn workflow(args: &RunsArgs, users: &[String]) -> anyhow::Result<(String, 
             return Ok((tag.clone().unwrap_or_else(|| "flight-search".into()), None))
         }
     };
+    let nodes = body["nodes"].as_array().map(Vec::len);
+    let tag = put_workflow(args, users, &body).await?;
+    log::info!(
+        "registered workflow {tag} ({} nodes) for {} users",
+        nodes.unwrap_or(0),
+        users.len()
+    );
+    Ok((tag, nodes))
+}
+
+/// Registers a workflow (PUT /api/v1/workflows/{tag}) for each of `users`;
+/// returns its tag.
+async fn put_workflow(args: &RunsArgs, users: &[String], body: &Value) -> anyhow::Result<String> {
     let tag = body["tag"]
         .as_str()
         .context("the workflow has no \"tag\"")?
         .to_owned();
-    let nodes = body["nodes"].as_array().map(Vec::len);
     let body = Bytes::from(body.to_string());
     let mut http = loopback_http(&args.api)?;
     for user in users {
@@ -308,12 +408,7 @@ async fn workflow(args: &RunsArgs, users: &[String]) -> anyhow::Result<(String, 
             );
         }
     }
-    log::info!(
-        "registered workflow {tag} ({} nodes) for {} users",
-        nodes.unwrap_or(0),
-        users.len()
-    );
-    Ok((tag, nodes))
+    Ok(tag)
 }
 
 /// Runs the runner bench.
@@ -475,6 +570,10 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
         runs_per_s: per_sec(totals.completed + totals.failed, elapsed_s),
         node_completions_per_s: node_rate,
         events_per_s: per_sec(totals.events, elapsed_s),
+        items: tracker.items.load(Ordering::Relaxed),
+        items_per_s: per_sec(tracker.items.load(Ordering::Relaxed), elapsed_s),
+        child_runs: tracker.child_runs.load(Ordering::Relaxed),
+        child_runs_per_s: per_sec(tracker.child_runs.load(Ordering::Relaxed), elapsed_s),
         post_to_started_us: tracker.to_started.summary(),
         post_to_completed_us: tracker.to_completed.summary(),
         ratio_to_ceiling: ceiling
@@ -525,6 +624,18 @@ fn table(r: &Report) -> Table {
             r.elapsed_s
         ),
     );
+    if r.items > 0 || r.child_runs > 0 {
+        t.row(
+            "foreach",
+            format!(
+                "{} items ({}), {} child runs completed ({})",
+                thousands(r.items),
+                rate(r.items_per_s),
+                thousands(r.child_runs),
+                rate(r.child_runs_per_s)
+            ),
+        );
+    }
     t.latency("POST → workflow_started", &r.post_to_started_us);
     t.latency("POST → workflow_completed", &r.post_to_completed_us);
     if let Some(c) = &r.ceiling {
@@ -555,13 +666,62 @@ mod tests {
 
     #[test]
     fn the_wide_workflow_is_start_fan_end() {
-        let w = wide_workflow(3);
+        let w = wide_workflow(3, None);
         assert_eq!(w["tag"], "bench-wide-3");
         let nodes = w["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 5);
+        assert_eq!(nodes[0]["kind"], "delay");
+        assert!(nodes[0].get("depends_on").is_none());
+        assert_eq!(nodes[2]["depends_on"], json!(["start"]));
         assert_eq!(nodes[4]["depends_on"], json!(["w0", "w1", "w2"]));
         let wf: flowcast_actors::workflow::Workflow = serde_json::from_value(w).unwrap();
         assert!(wf.compile(10_000).is_ok());
+
+        let t = wide_workflow(2, Some("[range(10)] | add"));
+        assert_eq!(t["tag"], "bench-wide-2-transform");
+        let nodes = t["nodes"].as_array().unwrap();
+        assert!(nodes.iter().all(|n| n["kind"] == "transform"));
+        assert_eq!(nodes[3]["filter"], "[range(10)] | add");
+        let wf: flowcast_actors::workflow::Workflow = serde_json::from_value(t).unwrap();
+        assert!(wf.compile(10_000).is_ok());
+    }
+
+    #[test]
+    fn the_foreach_workflows_compile_and_match_the_wide_shape() {
+        for children in [false, true] {
+            let w = foreach_workflow(1000, 64, children);
+            let nodes = w["nodes"].as_array().unwrap();
+            assert_eq!(nodes.len(), 3);
+            assert_eq!(nodes[1]["foreach"], "[range(1000)]");
+            assert_eq!(nodes[1]["concurrency"], 64);
+            let wf = flowcast_actors::workflow::Workflow::from_json(w).unwrap();
+            assert!(wf.compile(10_000).is_ok());
+        }
+        let c = flowcast_actors::workflow::Workflow::from_json(child_workflow()).unwrap();
+        assert!(c.compile(10).is_ok());
+    }
+
+    #[test]
+    fn items_and_child_runs_are_counted_apart_from_the_posted_runs() {
+        let t = Tracker::default();
+        t.posted("p", 1_000);
+        for (i, e) in [
+            r#"{"type":"node_progress","run_id":"p","done":0,"total":2}"#,
+            r#"{"type":"node_progress","run_id":"p","done":1,"total":2}"#,
+            r#"{"type":"workflow_started","run_id":"c","parent_run_id":"p"}"#,
+            r#"{"type":"workflow_completed","run_id":"c","parent_run_id":"p"}"#,
+            r#"{"type":"node_progress","run_id":"p","done":2,"total":2}"#,
+            r#"{"type":"workflow_completed","run_id":"p"}"#,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t.event(e, 1_100 + i as u64 * 100);
+        }
+        assert_eq!(t.items.load(Ordering::Relaxed), 2);
+        assert_eq!(t.child_runs.load(Ordering::Relaxed), 1);
+        let s = t.totals();
+        assert_eq!((s.posted, s.completed, s.events), (1, 1, 4));
     }
 
     #[test]

@@ -26,6 +26,9 @@ impl Daemon {
         Self::start_with_url(&redis.url(), extra)
     }
 
+    /// Starts `flowcast serve` against the Redis at `redis_url`; the
+    /// listeners are on free ports unless `extra` gives `--api-addr` /
+    /// `--ws-addr` (a restarted daemon that clients reconnect to).
     pub fn start_with_url(redis_url: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowcast"));
         cmd.arg("serve").args(["--redis-url", redis_url]);
@@ -93,6 +96,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The daemon's resident memory, KiB (see [`rss_kib`]).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid()).expect("the daemon's VmRSS")
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -147,23 +155,6 @@ impl Drop for Daemon {
     }
 }
 
-/// A free loopback port below the ephemeral range and the test Redis ports
-/// (where no client's
-/// outgoing connection takes it while its daemon restarts), for a daemon
-/// that must come back on the same port.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 12_000 + (std::process::id() % 50) as u16 * 20;
-    loop {
-        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 1_000;
-        // Dropped at once: the daemon binds it with SO_REUSEADDR.
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
-
 /// Waits up to `timeout` for a child process to exit; its status, if it did.
 pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
@@ -174,6 +165,19 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// A process's resident memory (VmRSS of /proc/PID/status), KiB; `None`
+/// once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Asserts the daemon's log so far shows no panic.

@@ -1,7 +1,8 @@
 //! HTTP as a client sees it: requests through awc with parsed JSON answers,
 //! the REST helpers every test uses (register a workflow, start a run, wait
 //! for it, read its events), readiness, and hand-written requests on a raw
-//! TCP socket for what a well-behaved client library would never send.
+//! TCP socket for what a well-behaved client library would never send; and
+//! [`local_server`], a small server for `http` nodes to call.
 
 use std::time::{Duration, Instant};
 
@@ -170,6 +171,28 @@ pub async fn wait_ready_within(d: &Daemon, timeout: Duration) {
         assert!(Instant::now() < deadline, "daemon not ready: {}", r.text);
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// A server for http nodes
+// ---------------------------------------------------------------------------
+
+/// A local HTTP server on 127.0.0.1 whose app `routes` configures, for
+/// `http` nodes to call (the daemon needs `--http-allow 127.0.0.1/32`).
+/// Returns its base URL and the handle that stops it.
+pub fn local_server(
+    routes: impl Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+) -> (String, actix_web::dev::ServerHandle) {
+    let srv = actix_web::HttpServer::new(move || actix_web::App::new().configure(routes.clone()))
+        .workers(2)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = srv.addrs()[0];
+    let srv = srv.run();
+    let handle = srv.handle();
+    actix_rt::spawn(srv);
+    (format!("http://{addr}"), handle)
 }
 
 // ---------------------------------------------------------------------------

@@ -11,9 +11,12 @@
 //! - [`http`]: REST calls, the workflow/run helpers, readiness, and raw
 //!   hand-written requests for what a client library would not send;
 //! - [`ws`]: a real WebSocket client (tokio-tungstenite);
+//! - [`browser`]: headless Chromium through chromedriver (fantoccini);
+//! - [`sse`]: a real Server-Sent Events client (awc, parsed as `EventSource` does);
 //! - [`metrics`]: `/metrics` scraping and a strict Prometheus text parser;
 //! - [`cli`]: the command-line client (`flowcast run`, `tail`, ...) run as
 //!   a process, and a TCP proxy that cuts its connections;
+//! - [`history`]: what a completed run's events must be, for any workflow;
 //! - [`wait`]: polling a condition with a deadline;
 //! - [`tasks`]: the worker protocol, decisions, signals, waiting for a
 //!   run's events, and the worker libraries run as processes.
@@ -28,11 +31,14 @@
 
 // Private: re-exported below. A public `redis` would shadow the `redis`
 // crate in every `use crate::support::*`.
+mod browser;
 mod cli;
 mod daemon;
+mod history;
 mod http;
 mod metrics;
 mod redis;
+mod sse;
 mod tasks;
 mod wait;
 mod ws;
@@ -40,11 +46,14 @@ mod ws;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use self::browser::*;
 pub use self::cli::*;
 pub use self::daemon::*;
+pub use self::history::*;
 pub use self::http::*;
 pub use self::metrics::*;
 pub use self::redis::*;
+pub use self::sse::*;
 pub use self::tasks::*;
 pub use self::wait::*;
 pub use self::ws::*;
@@ -69,4 +78,35 @@ pub async fn start(extra: &[&str]) -> (Redis, Daemon) {
     let daemon = Daemon::start(&redis, extra);
     wait_ready(&daemon).await;
     (redis, daemon)
+}
+
+/// An HS256 token for `sub`, signed with `secret`, expiring in `exp_in_s`
+/// seconds (negative: already expired).
+pub fn jwt(sub: &str, secret: &str, exp_in_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": sub, "exp": now + exp_in_s}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A free loopback port below the ephemeral range and the test Redis ports
+/// (where no client's outgoing connection takes it while its daemon
+/// restarts), for a daemon that must come back on the same address.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 12_000 + (std::process::id() % 50) as u16 * 20;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 1_000;
+        // Dropped at once: the daemon binds it with SO_REUSEADDR.
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }

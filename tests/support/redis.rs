@@ -215,15 +215,73 @@ pub async fn publish_padded(
     pad: &str,
 ) {
     let mut pipe = redis::pipe();
-    for _ in 0..n {
-        *seq += 1;
-        let e = json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad});
-        pipe.cmd("PUBLISH")
+    for e in padded(run_id, seq, n, pad) {
+        pipe.cmd("PUBLISH").arg(keys::channel(user)).arg(e).ignore();
+    }
+    pipe.query_async::<()>(conn).await.unwrap();
+}
+
+/// `n` padded `node_completed` events of `run_id`, numbered on from `seq`.
+fn padded(run_id: &str, seq: &mut u64, n: u64, pad: &str) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            *seq += 1;
+            json!({"type": "node_completed", "run_id": run_id, "seq": *seq, "pad": pad}).to_string()
+        })
+        .collect()
+}
+
+/// Like [`publish_padded`], but each event is also appended to the user's
+/// history stream first and published with its history id as `event_id`,
+/// as the daemon's commit does, so that a client can resume over them.
+pub async fn publish_padded_with_history(
+    conn: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    run_id: &str,
+    seq: &mut u64,
+    n: u64,
+    pad: &str,
+) {
+    // The commit script's last steps: XADD, then PUBLISH with the id spliced in.
+    const SCRIPT: &str = r#"local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
+        redis.call('PUBLISH', ARGV[1], string.sub(ARGV[2], 1, -2) .. ',"event_id":"' .. id .. '"}')
+        return id"#;
+    let mut pipe = redis::pipe();
+    for e in padded(run_id, seq, n, pad) {
+        pipe.cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(keys::history(user))
             .arg(keys::channel(user))
-            .arg(e.to_string())
+            .arg(e)
             .ignore();
     }
     pipe.query_async::<()>(conn).await.unwrap();
+}
+
+/// Appends `n` padded `node_completed` events of run `run_id` (seq 1..=n)
+/// to `user`'s history, as the commit script stores them (no `event_id`:
+/// the reader splices it in), without publishing them.
+pub async fn fill_history(
+    conn: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    run_id: &str,
+    n: u64,
+    pad: &str,
+) {
+    for chunk in (1..=n).collect::<Vec<u64>>().chunks(100) {
+        let mut pipe = redis::pipe();
+        for seq in chunk {
+            let e = json!({"type": "node_completed", "run_id": run_id, "seq": seq, "pad": pad});
+            pipe.cmd("XADD")
+                .arg(keys::history(user))
+                .arg("*")
+                .arg(keys::HISTORY_FIELD)
+                .arg(e.to_string())
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await.unwrap();
+    }
 }
 
 /// Subscribers of `user`'s channel.
@@ -265,14 +323,17 @@ pub fn pubsub_clients(redis: &Redis) -> usize {
 
 /// Ids of the connections in PubSub mode.
 pub fn pubsub_client_ids(redis: &Redis) -> Vec<String> {
-    pubsub_lines(redis)
+    let mut ids: Vec<String> = pubsub_lines(redis)
         .iter()
         .filter_map(|l| {
             l.split(' ')
                 .find_map(|f| f.strip_prefix("id="))
                 .map(String::from)
         })
-        .collect()
+        .collect();
+    // CLIENT LIST's order is not the connections' age: compare as sets.
+    ids.sort();
+    ids
 }
 
 // ---------------------------------------------------------------------------
@@ -345,9 +406,17 @@ pub fn user_active_runs(conn: &mut redis::Connection, user: &str) -> Vec<String>
         .unwrap()
 }
 
-/// Entries on the run-request stream.
+/// Entries ever added to the run-request stream (deleted ones included).
 pub fn request_count(conn: &mut redis::Connection) -> usize {
-    redis::cmd("XLEN").arg(keys::REQUESTS).query(conn).unwrap()
+    // Acknowledged requests are deleted: count every entry ever added.
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(keys::REQUESTS)
+        .query(conn)
+        .unwrap();
+    let map: std::collections::HashMap<String, redis::Value> =
+        redis::from_redis_value(info).unwrap();
+    redis::from_redis_value(map["entries-added"].clone()).unwrap()
 }
 
 /// Finished runs leave nothing behind: not active, no lease.

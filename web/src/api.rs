@@ -184,9 +184,17 @@ async fn put_workflow(
     }
     let wf = Workflow::from_json(body)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
-    let dag = wf
-        .compile(st.limits.max_nodes)
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m))?;
+    let invalid = |m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow", m);
+    let dag = wf.compile(st.limits.max_nodes).map_err(invalid)?;
+    // Child tags resolve as this user's runs will resolve them.
+    workflows::check_children(
+        &mut st.redis.clone(),
+        workflows::Resolve::User(&user.0),
+        &dag.workflow,
+        st.limits.max_child_depth,
+    )
+    .await?
+    .map_err(invalid)?;
     let replaced = workflows::put(&mut st.redis.clone(), &user.0, &dag).await?;
     let status = if replaced {
         StatusCode::OK
@@ -370,17 +378,44 @@ async fn get_run(
 /// `GET /api/v1/runs` query.
 #[derive(Deserialize)]
 struct ListQuery {
-    limit: Option<usize>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
+/// Runs listed when the query gives no `limit`.
+const DEFAULT_LIST: usize = 100;
+
+/// `GET /api/v1/runs?limit=N&cursor=C`: the caller's runs, newest first,
+/// with the cursor of the next page (`null` on the last).
 async fn list_runs(
     st: web::Data<AppState>,
     user: User,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, st.limits.max_list);
-    let runs = runs::list(&mut st.redis.clone(), &user.0, limit).await?;
-    Ok(HttpResponse::Ok().json(crate::views::run_list(&runs)))
+    let max = st.limits.max_list;
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_LIST.min(max),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit {n:?} is not a number from 1 to {max}"),
+                ))
+            }
+        },
+    };
+    let cursor = q.cursor.as_deref();
+    if let Some(c) = cursor {
+        if !runs::is_valid_cursor(c) {
+            return Err(ApiError::bad_request(
+                "invalid_cursor",
+                format!("cursor {c:?} is not a cursor of this list: pass next_cursor as returned"),
+            ));
+        }
+    }
+    let page = runs::list(&mut st.redis.clone(), &user.0, limit, cursor).await?;
+    Ok(HttpResponse::Ok().json(crate::views::run_list(&page)))
 }
 
 async fn run_events(

@@ -112,6 +112,8 @@ async fn decide(
     }
     let rec = run.nodes.get(&node_id);
     let (status, attempt) = rec.map_or((NodeStatus::Waiting, 0), |r| (r.status, r.attempt));
+    // Asked: its `approval_required` was published for this attempt.
+    let asked = rec.is_some_and(|r| r.asked == Some(r.attempt));
     let not_waiting = |why: &str| {
         conflict(
             "not_waiting",
@@ -125,7 +127,7 @@ async fn decide(
                 format!("approval {node_id:?} of run {run_id} was already decided"),
             ))
         }
-        NodeStatus::Active if attempt > 0 && rec.is_some_and(|r| r.error.is_none()) => {}
+        NodeStatus::Active if asked => {}
         NodeStatus::Active => return Err(not_waiting("it has not asked yet")),
         NodeStatus::Waiting => return Err(not_waiting("its parents have not completed")),
         other => return Err(not_waiting(&format!("it is {other:?}").to_lowercase())),

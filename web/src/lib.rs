@@ -1,4 +1,4 @@
-//! flowcast's HTTP and WebSocket edge.
+//! flowcast's HTTP edge: REST, WebSocket and SSE, the dashboard.
 //!
 //! # Layout
 //!
@@ -13,18 +13,27 @@
 //! - [`decisions`]: approvals' decisions and signals posted to runs;
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`ws`]: the `/ws` upgrade and its query parameters;
+//! - [`resume`]: `last_event_id` checked and turned into a paged replay, for
+//!   every transport;
 //! - [`session`]: [`session::WsSession`], the actor of one WebSocket connection;
-//! - [`views`]: the JSON shapes of runs served by the REST API.
+//! - [`sse`]: `GET /events`, Server-Sent Events, and [`sse::SseSession`], the
+//!   actor of one stream (joins the Fanout and replays like a WebSocket
+//!   session);
+//! - [`views`]: the JSON shapes of runs served by the REST API;
+//! - [`dashboard`]: the dashboard page at `/` and its built-in assets.
 //!
 //! [`configure_api`] and [`configure_ws`] mount these on the two listeners;
 //! the daemon (`src/`) builds the servers.
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod decisions;
 pub mod error;
 pub mod health;
+pub mod resume;
 pub mod session;
+pub mod sse;
 pub mod state;
 pub mod tasks;
 pub mod views;
@@ -60,7 +69,7 @@ async fn no_route(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse
     )))
 }
 
-/// Mounts the REST API and health routes (the API listener).
+/// Mounts the REST API, health routes and the dashboard (the API listener).
 pub fn configure_api(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         common(cfg, &st);
@@ -68,15 +77,21 @@ pub fn configure_api(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.configure(tasks::configure)
             .configure(decisions::configure)
             .configure(api::configure)
+            .configure(dashboard::configure)
             .default_service(web::to(no_route));
     }
 }
 
-/// Mounts `/ws` and health routes (the fan-out listener).
+/// Mounts `/ws`, `/events` and health routes (the fan-out listener).
 pub fn configure_ws(st: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         common(cfg, &st);
         cfg.route("/ws", web::get().to(ws::ws_index))
+            .service(
+                web::resource("/events")
+                    .route(web::get().to(sse::events))
+                    .route(web::method(actix_web::http::Method::OPTIONS).to(sse::preflight)),
+            )
             .default_service(web::to(no_route));
     }
 }

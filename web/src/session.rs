@@ -10,10 +10,21 @@
 //! on this actor running: the Fanout stops feeding it at once, and the
 //! kernel's TCP user timeout (set on accept) cuts a peer that stays stuck.
 //!
-//! With `last_event_id`, the session first replays history: it joins (so
-//! live events are buffered), reads the user's history stream after the
-//! given id, sends it, then releases the buffered live events newer than the
-//! last replayed one. No gap, no duplicate.
+//! With `last_event_id`, the session first replays history through its
+//! [`ReplayCursor`] (see `flowcast_actors::replay`): it has joined (so live
+//! events arrive and are held by the cursor), then reads the history page
+//! by page and releases the held live events newer than the last replayed
+//! one. No gap, no duplicate. [`admit_live`] is that seam, shared with the
+//! SSE session (`crate::sse`), which drives the same cursor.
+//!
+//! The replay goes at the pace the client reads. A page's frames are
+//! written, and the next page is read, inside this actor; actix-web polls a
+//! WebSocket actor only while the connection's write buffer has room (its
+//! HTTP dispatcher stops pulling the response stream once the buffer is
+//! full, until the socket drains it). So the page read next is handled
+//! only once the client took the previous one: a slow reader stalls its own
+//! replay, with at most about a page buffered, instead of the daemon
+//! reading and queueing the whole history for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,21 +32,37 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use bytestring::ByteString;
-use flowcast_actors::fanout::{CloseSession, Filter, Frame, CLOSE_SLOW_CONSUMER};
+use flowcast_actors::fanout::{CloseSession, Frame};
 use flowcast_actors::metrics::Metrics;
+use flowcast_actors::replay::ReplayCursor;
 use flowcast_actors::subscriber::{Leave, Subscriber};
+use redis::aio::ConnectionManager;
 
 use crate::state::WsConfig;
 
-/// Replay results handed to the session.
+/// Begin the replay (sent once the session has joined its user's Fanout).
+/// Both transports' sessions take it.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Replay {
-    /// History frames after the client's last id, in order.
-    pub frames: Vec<ByteString>,
-    /// Id of the last replayed event (empty if none).
-    pub last_id: String,
+pub struct StartReplay;
+
+/// The seam between a session's replay and live, the same for both
+/// transports (WebSocket, SSE): the live frame to send now, or `None` when
+/// the replay holds it (history is still being read) or already sent it
+/// from history. Once a live frame newer than the replay arrives, the
+/// replay is dropped: every later one is newer too.
+pub fn admit_live(replay: &mut Option<ReplayCursor>, frame: Frame) -> Option<Frame> {
+    if let Some(cursor) = replay {
+        if !cursor.is_done() {
+            cursor.hold(frame);
+            return None;
+        }
+        if cursor.is_replayed(&frame) {
+            return None; // sent from history already
+        }
+        *replay = None;
+    }
+    Some(frame)
 }
 
 /// The session actor.
@@ -44,16 +71,18 @@ pub struct WsSession {
     pub id: u64,
     /// The user.
     pub user: String,
-    /// What the client asked for.
-    pub filter: Filter,
     /// The process's Subscriber.
     pub subscriber: Addr<Subscriber>,
+    /// Where history is read from.
+    pub redis: ConnectionManager,
     /// Settings.
     pub cfg: WsConfig,
     /// Metrics.
     pub metrics: Metrics,
-    /// Live frames held back while history is replayed.
-    pub held: Option<Vec<Frame>>,
+    /// The replay (`None`: live, nothing replayed or every live frame is
+    /// newer than the replay): kept once done until the first live frame
+    /// newer than it, to drop live copies of events it already sent.
+    pub replay: Option<ReplayCursor>,
     /// Last time the peer showed life.
     pub last_seen: Instant,
     /// Shared with the Fanout: set once the mailbox has its real bound.
@@ -67,6 +96,37 @@ impl WsSession {
             description: Some(reason.to_owned()),
         }));
         ctx.stop();
+    }
+
+    /// Reads the replay's next page; its frames are written when the actor
+    /// is next polled, which is when the connection has room for them.
+    fn read_page(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(req) = self.replay.as_ref().and_then(ReplayCursor::request) else {
+            return;
+        };
+        let mut conn = self.redis.clone();
+        async move { req.fetch(&mut conn).await }
+            .into_actor(self)
+            .map(|page, act, ctx| {
+                let Some(cursor) = act.replay.as_mut() else {
+                    return;
+                };
+                match page {
+                    Ok(page) => {
+                        for f in cursor.apply(page) {
+                            ctx.text(f.0.text.clone());
+                        }
+                        if !cursor.is_done() {
+                            act.read_page(ctx);
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("session {}: replay for {} failed: {e}", act.id, act.user);
+                        act.close(1011, "history unavailable; retry", ctx);
+                    }
+                }
+            })
+            .spawn(ctx);
     }
 }
 
@@ -102,38 +162,17 @@ impl Handler<Frame> for WsSession {
     type Result = ();
 
     fn handle(&mut self, frame: Frame, ctx: &mut Self::Context) {
-        if let Some(held) = &mut self.held {
-            if held.len() >= self.cfg.max_queue_msgs {
-                self.metrics.slow_consumer_closes.inc();
-                self.close(
-                    CLOSE_SLOW_CONSUMER,
-                    "slow consumer: too many live events during replay",
-                    ctx,
-                );
-                return;
-            }
-            held.push(frame);
-            return;
+        if let Some(frame) = admit_live(&mut self.replay, frame) {
+            ctx.text(frame.0.text.clone());
         }
-        ctx.text(frame.0.text.clone());
     }
 }
 
-impl Handler<Replay> for WsSession {
+impl Handler<StartReplay> for WsSession {
     type Result = ();
 
-    fn handle(&mut self, r: Replay, ctx: &mut Self::Context) {
-        for f in r.frames {
-            ctx.text(f);
-        }
-        for f in self.held.take().unwrap_or_default() {
-            // History ids and live ids come from the same stream: compare them.
-            if r.last_id.is_empty()
-                || flowcast_actors::store::history::id_after(&f.0.event_id, &r.last_id)
-            {
-                ctx.text(f.0.text.clone());
-            }
-        }
+    fn handle(&mut self, _: StartReplay, ctx: &mut Self::Context) {
+        self.read_page(ctx);
     }
 }
 

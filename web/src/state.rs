@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Most runs listed by `GET /api/v1/runs`.
     pub max_list: usize,
+    /// How deeply child workflows may nest (`--max-child-depth`).
+    pub max_child_depth: u32,
     /// Each user's run quotas (active runs, runs per second).
     pub run_quota: RunQuota,
     /// Largest node output a worker may report, and largest signal payload.
@@ -33,6 +35,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_nodes: flowcast_actors::workflow::DEFAULT_MAX_NODES,
             max_list: 1000,
+            max_child_depth: flowcast_actors::workflow::DEFAULT_MAX_CHILD_DEPTH,
             run_quota: RunQuota::default(),
             max_output_bytes: flowcast_actors::runner::DEFAULT_MAX_OUTPUT_BYTES,
         }
@@ -52,6 +55,8 @@ pub struct WsConfig {
     pub max_frame_bytes: usize,
     /// Kernel timeout for unacknowledged data (cuts peers that stopped reading).
     pub tcp_user_timeout: Duration,
+    /// `--retention`: how old the oldest event a replay can find may be.
+    pub retention: Duration,
 }
 
 impl Default for WsConfig {
@@ -62,6 +67,7 @@ impl Default for WsConfig {
             max_queue_msgs: 1024,
             max_frame_bytes: 64 * 1024,
             tcp_user_timeout: Duration::from_secs(60),
+            retention: flowcast_actors::store::Retention::DEFAULT_KEEP,
         }
     }
 }
@@ -91,4 +97,6 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// Task claims long-polling in this process.
     pub waiters: flowcast_actors::outside::Waiters,
+    /// Where the dashboard's browsers reach `/events`.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }

@@ -1,32 +1,37 @@
 //! `GET /ws?username=U`: the WebSocket endpoint (the seed's URL).
 //!
 //! Query parameters: `username` (required unless a token or an `X-User-ID`
-//! header names the user, and must match them), `types=a,b` and `run_id=` (server-side
-//! filters), `last_event_id=` (replay from history first). Everything is
-//! checked before the upgrade, so a bad request gets an HTTP 4xx with a JSON
-//! error, never a socket that closes at once.
+//! header names the user, and must match them), `types=a,b` and `run_id=`
+//! (server-side filters), `last_event_id=` (replay from history first, page
+//! by page; see `flowcast_actors::replay`). Everything is checked before the
+//! upgrade, including a `last_event_id` later than any event this server
+//! can have sent, so a bad request gets an HTTP 4xx with a JSON error, never
+//! a socket that closes at once. Without `last_event_id` the socket starts
+//! live, with no replay.
+//!
+//! SSE (`crate::sse`) takes the same steps with the same code: the query
+//! ([`parse_query`]), the Subscriber ([`fanout_of`]) and the join
+//! ([`join`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix::Addr;
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use bytestring::ByteString;
 use flowcast_actors::event::EventBody;
-use flowcast_actors::fanout::{CloseSession, Filter, Frame, SessionHandle};
-use flowcast_actors::store;
-use flowcast_actors::subscriber::{Join, JoinError};
+use flowcast_actors::fanout::{Filter, SessionHandle};
+use flowcast_actors::store::history::StreamId;
+use flowcast_actors::subscriber::{Join, JoinError, Subscriber};
 
 use crate::auth::{stream_user, Auth};
 use crate::error::ApiError;
-use crate::session::{Replay, WsSession};
+use crate::resume::{open_replay, parse_last_event_id};
+use crate::session::{StartReplay, WsSession};
 use crate::state::AppState;
-
-/// History entries read per page while replaying.
-const REPLAY_PAGE: usize = 1000;
 
 /// A parsed `/ws` query.
 #[derive(Debug, PartialEq)]
@@ -36,7 +41,7 @@ pub struct WsQuery {
     /// Filters.
     pub filter: Filter,
     /// Replay after this history id.
-    pub last_event_id: Option<String>,
+    pub last_event_id: Option<StreamId>,
 }
 
 /// Parses and checks a `/ws` query string and the request's headers. The
@@ -91,24 +96,63 @@ pub fn parse_query(qs: &str, headers: &HeaderMap, auth: &Auth) -> Result<WsQuery
             Some(r.clone())
         }
     };
-    let last_event_id = match q.get("last_event_id") {
-        None => None,
-        Some(id) if id == "0" || id == "0-0" => Some("0-0".to_owned()),
-        Some(id) => {
-            store::history::parse_id(id).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_last_event_id",
-                    format!("last_event_id {id:?} is not an event id (like 1700000000000-0)"),
-                )
-            })?;
-            Some(id.clone())
-        }
-    };
+    let last_event_id = q
+        .get("last_event_id")
+        .map(|id| parse_last_event_id(id))
+        .transpose()?;
     Ok(WsQuery {
         username,
         filter: Filter { types, run_id },
         last_event_id,
     })
+}
+
+/// The Subscriber that new sessions join: a 404 on an instance without
+/// fan-out (role runner), a 503 once a drain has begun. Both transports
+/// (`/ws`, SSE `/events`) ask it before anything else.
+pub fn fanout_of(st: &AppState) -> Result<Addr<Subscriber>, ApiError> {
+    let Some(subscriber) = st.subscriber.clone() else {
+        return Err(ApiError::not_found(
+            "this instance serves no event streams (role runner)",
+        ));
+    };
+    if st.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable(
+            "the server is shutting down; reconnect to another instance",
+        ));
+    }
+    Ok(subscriber)
+}
+
+/// Joins a started session actor, of either transport, to its user's
+/// Fanout; a refusal is an HTTP error answered before the stream starts.
+/// Once this returns, live events reach the session, so a replay's first
+/// page is read only after it (no gap).
+pub async fn join(
+    subscriber: &Addr<Subscriber>,
+    user: &str,
+    session: SessionHandle,
+) -> Result<(), ApiError> {
+    match subscriber
+        .send(Join {
+            user: user.to_owned(),
+            session,
+        })
+        .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(JoinError::TooManySessions(n))) => Err(ApiError::too_many(
+            "too_many_sessions",
+            format!(
+                "user {user:?} already has {n} sessions, the limit per user (--max-sessions-per-user)"
+            ),
+            1,
+        )),
+        Ok(Err(JoinError::ShuttingDown)) => Err(ApiError::unavailable(
+            "the server is shutting down; reconnect to another instance",
+        )),
+        Err(_) => Err(ApiError::unavailable("fan-out is restarting; retry")),
+    }
 }
 
 /// The `/ws` handler.
@@ -118,26 +162,22 @@ pub async fn ws_index(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let q = parse_query(req.query_string(), req.headers(), &st.auth)?;
-    let Some(subscriber) = st.subscriber.clone() else {
-        return Err(ApiError::not_found(
-            "this instance serves no WebSockets (role runner)",
-        ));
+    let subscriber = fanout_of(&st)?;
+    let replay = match q.last_event_id {
+        Some(after) => Some(open_replay(&st, &q.username, after, q.filter.clone()).await?),
+        None => None,
     };
-    if st.shutdown.is_cancelled() {
-        return Err(ApiError::unavailable(
-            "the server is shutting down; reconnect to another instance",
-        ));
-    }
+    let replaying = replay.is_some();
     let id = st.next_session.fetch_add(1, Ordering::Relaxed);
     let started = Arc::new(AtomicBool::new(false));
     let session = WsSession {
         id,
         user: q.username.clone(),
-        filter: q.filter.clone(),
         subscriber: subscriber.clone(),
+        redis: st.redis.clone(),
         cfg: st.ws.clone(),
         metrics: st.metrics.clone(),
-        held: q.last_event_id.as_ref().map(|_| Vec::new()),
+        replay,
         last_seen: Instant::now(),
         started: started.clone(),
     };
@@ -154,102 +194,16 @@ pub async fn ws_index(
         id,
         frames: addr.clone().recipient(),
         close: addr.clone().recipient(),
-        filter: q.filter.clone(),
+        filter: q.filter,
         started,
     };
-    match subscriber
-        .send(Join {
-            user: q.username.clone(),
-            session: handle,
-        })
-        .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(JoinError::TooManySessions(n))) => {
-            return Err(ApiError::too_many(
-                "too_many_sessions",
-                format!(
-                "user {:?} already has {n} sessions, the limit per user (--max-sessions-per-user)",
-                q.username
-            ),
-                1,
-            ))
-        }
-        Ok(Err(JoinError::ShuttingDown)) => {
-            return Err(ApiError::unavailable(
-                "the server is shutting down; reconnect to another instance",
-            ))
-        }
-        Err(_) => return Err(ApiError::unavailable("fan-out is restarting; retry")),
-    }
-    if let Some(after) = q.last_event_id {
-        let mut conn = st.redis.clone();
-        let filter = q.filter;
-        let user = q.username;
-        actix_rt::spawn(async move {
-            match replay(&mut conn, &user, &after, &filter).await {
-                Ok(r) => addr.do_send(r),
-                Err(e) => {
-                    log::warn!("session {id}: replay for {user} failed: {e}");
-                    addr.do_send(CloseSession {
-                        code: 1011,
-                        reason: "history unavailable; retry",
-                    });
-                }
-            }
-        });
+    join(&subscriber, &q.username, handle).await?;
+    if replaying {
+        // Joined: live events are held from here on, so history is read
+        // only now (no gap).
+        addr.do_send(StartReplay);
     }
     Ok(resp)
-}
-
-/// Reads the history after `after`, filtered, with a `replay_gap` notice first
-/// when events after `after` were already trimmed.
-async fn replay(
-    conn: &mut redis::aio::ConnectionManager,
-    user: &str,
-    after: &str,
-    filter: &Filter,
-) -> flowcast_actors::Result<Replay> {
-    let mut frames = Vec::new();
-    if let Some(oldest) = store::history::gap(conn, user, after).await? {
-        frames.push(ByteString::from(
-            serde_json::json!({
-                "type": "replay_gap",
-                "requested_after": after,
-                "oldest_available": oldest,
-                "message": "events after last_event_id were trimmed from history; replay starts at oldest_available",
-            })
-            .to_string(),
-        ));
-    }
-    let mut cursor = after.to_owned();
-    loop {
-        let page = store::history::read(conn, user, &cursor, REPLAY_PAGE).await?;
-        let n = page.len();
-        for (id, text) in page {
-            cursor = id;
-            if let Some(f) = Frame::parse(ByteString::from(text)) {
-                if filter.matches(&f.0) {
-                    frames.push(f.0.text.clone());
-                }
-            }
-        }
-        if n < REPLAY_PAGE {
-            break;
-        }
-    }
-    let last_id = if cursor == after {
-        String::new()
-    } else {
-        cursor
-    };
-    // Nothing replayed: release live events newer than the client's id.
-    let last_id = if last_id.is_empty() {
-        after.to_owned()
-    } else {
-        last_id
-    };
-    Ok(Replay { frames, last_id })
 }
 
 #[cfg(test)]
@@ -269,7 +223,16 @@ mod tests {
         .unwrap();
         assert_eq!(q.username, "bob@example.com");
         assert_eq!(q.filter.types.unwrap().len(), 2);
-        assert_eq!(q.last_event_id.as_deref(), Some("5-1"));
+        assert_eq!(q.last_event_id, Some(StreamId { ms: 5, seq: 1 }));
+        let q = parse_query(
+            "username=a&last_event_id=0",
+            &HeaderMap::new(),
+            &Auth::Header,
+        )
+        .unwrap();
+        assert_eq!(q.last_event_id, Some(StreamId::ZERO));
+        let q = parse_query("username=a", &HeaderMap::new(), &Auth::Header).unwrap();
+        assert_eq!(q.last_event_id, None, "no replay without last_event_id");
     }
 
     #[test]
@@ -283,6 +246,14 @@ mod tests {
             ("username=a&types=bogus", "invalid_types"),
             ("username=a&run_id=nope", "invalid_run_id"),
             ("username=a&last_event_id=xyz", "invalid_last_event_id"),
+            ("username=a&last_event_id=", "invalid_last_event_id"),
+            ("username=a&last_event_id=-1", "invalid_last_event_id"),
+            ("username=a&last_event_id=-1-0", "invalid_last_event_id"),
+            ("username=a&last_event_id=%2B5-0", "invalid_last_event_id"),
+            (
+                "username=a&last_event_id=18446744073709551616-0",
+                "invalid_last_event_id",
+            ),
         ] {
             assert_eq!(
                 parse_query(qs, &HeaderMap::new(), &Auth::Header)

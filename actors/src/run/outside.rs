@@ -11,31 +11,44 @@
 //! leases in Redis and says where the wait is; progress reports become
 //! `node_progress` events, at most one per node every
 //! [`PROGRESS_INTERVAL`]; a final outcome goes through `finished` like any
-//! node's: completion, a failure the retry policy judges, or a decision.
+//! node's (held to `--max-output-bytes`, then the counter step with its
+//! `when` conditions): completion, a failure the retry policy judges, or a
+//! decision.
+//!
+//! **Fair share.** Waiting costs nothing: a waiting node holds no
+//! execution permit. Only rendering a task's input or an approval's prompt
+//! is work, done like a control-flow filter: under a compute permit of the
+//! run's user, in the sandboxed jq pool, within the transforms' default
+//! deadline (a waiting node's `timeout_ms` is how long it waits).
 //!
 //! **Why accounting is exact.** The wait decides its outcome once (see
 //! `store::waits`). The actor keeps one wait per node, identified by its
 //! attempt, and takes it out of its map before applying its outcome, so a
 //! second look or a late notice finds nothing to apply; the counter refuses
-//! a node that is no longer active. A restarted actor tells which attempt
-//! is current from the node's stored record: a record with an error is an
-//! attempt whose failure was committed, so the next attempt is current; a
-//! record without one names the attempt whose outcome is still to apply
-//! (announced, for an approval) — or, at attempt 0, the first. So an
-//! outcome that reached Redis before a crash is applied once after it, and
-//! one already applied is never applied again.
+//! a node that is no longer active. Attempts are numbered as for every node
+//! (`run::restore`): a restarted actor relaunches the attempt whose outcome
+//! is still to apply under the same number, and so finds its wait; an
+//! attempt whose failure was committed is followed by the next. An
+//! approval's record names the attempt whose `approval_required` was
+//! committed (`asked`), so it is announced once whatever restarts.
+//!
+//! **Crash loops.** A resumed run whose active nodes all wait outside, with
+//! their waits established, clears its crash-loop count
+//! (`store::leases::only_waiting`): it did all its in-daemon work, and a
+//! run waiting for days must not be failed by unrelated crashes.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 
-use super::RunActor;
+use super::{output_of, Output, RunActor};
 use crate::counter::NodeStatus;
 use crate::event::EventBody;
-use crate::node::{run_jq, NodeError, DEFAULT_TRANSFORM_TIMEOUT};
+use crate::node::{self, NodeError, DEFAULT_TRANSFORM_TIMEOUT};
 use crate::outside::spec::OnTimeout;
+use crate::store::leases;
 use crate::store::waits::{self, Created, Progress, Settled, WaitId, WaitKind, WaitRef};
 use crate::workflow::{NodeKind, NodeSpec};
 
@@ -62,31 +75,25 @@ pub struct CheckWaits {
 pub struct IsBusy;
 
 /// The run actor's waits.
+#[derive(Default)]
 pub(super) struct Waits {
-    conn: ConnectionManager,
-    nodes: std::collections::HashMap<usize, Wait>,
-}
-
-impl Waits {
-    /// No waits yet; `conn` is for their records.
-    pub(super) fn new(conn: ConnectionManager) -> Self {
-        Self {
-            conn,
-            nodes: Default::default(),
-        }
-    }
+    nodes: HashMap<usize, Wait>,
+    /// The crash-loop count was cleared (or need not be): once per actor.
+    loop_cleared: bool,
 }
 
 /// One node's current attempt.
 struct Wait {
     id: WaitId,
-    /// The launch (evaluating the input, creating the record), until done.
+    /// The launch (rendering the input, creating the record), until done.
     launch: Option<SpawnHandle>,
     /// The timer of the next look.
     timer: Option<SpawnHandle>,
     /// A look is on its way; `again`: another was asked for meanwhile.
     checking: bool,
     again: bool,
+    /// A look has found the wait waiting: it is established.
+    looked: bool,
     /// Progress reports already published, and when the last was.
     progress_sent: u64,
     progress_at: Option<Instant>,
@@ -105,7 +112,8 @@ fn kind_of(spec: &NodeSpec) -> WaitKind<'_> {
     }
 }
 
-/// An approval's output: the decision.
+/// An approval's output: the decision (`by` is `None` when the timeout
+/// decided).
 pub fn decision(approved: bool, by: Option<&str>, comment: Option<&str>, at_ms: u64) -> Value {
     json!({
         "approved": approved,
@@ -117,51 +125,42 @@ pub fn decision(approved: bool, by: Option<&str>, comment: Option<&str>, at_ms: 
 }
 
 impl RunActor {
-    /// Starts (or, after a restart, finds) node `i`'s wait.
+    /// Whether node `i` waits outside now (its wait is being started or watched).
+    pub(super) fn is_waiting(&self, i: usize) -> bool {
+        self.outside.nodes.contains_key(&i)
+    }
+
+    /// Starts (or, after a restart, finds) the wait of node `i`'s current
+    /// attempt, which `launch` has just numbered.
     pub(super) fn launch_wait(&mut self, i: usize, ctx: &mut Context<Self>) {
-        if self.outside.nodes.contains_key(&i) {
-            return;
-        }
         let rec = &mut self.setup.records[i];
-        let (attempt, announced) = match (rec.error.is_some(), rec.attempt) {
-            (true, a) => (a + 1, false),
-            (false, 0) => (1, false),
-            (false, a) => (a, true),
-        };
-        rec.attempt = attempt;
         rec.error = None;
+        let attempt = rec.attempt;
+        let asked = rec.asked == Some(attempt);
         let id = WaitId {
             run_id: self.setup.run_id.clone(),
             node: i,
             attempt,
         };
         let dag = self.setup.dag.clone();
-        let input = self.input_for(i);
-        let jq = self.jq.clone();
-        let mut conn = self.outside.conn.clone();
+        let spec = dag.node(i);
+        let render = self.render(i, spec, asked);
+        let mut conn = self.env.conn.clone();
         let user = self.setup.user.clone();
-        let max_bytes = self.max_output_bytes;
+        let max_bytes = self.env.max_output_bytes;
         let wid = id.clone();
         let fut = async move {
             let spec = dag.node(i);
-            let deadline = DEFAULT_TRANSFORM_TIMEOUT;
-            let rendered = match &spec.kind {
-                NodeKind::Task(t) => match &t.input {
-                    Some(f) => run_jq(&jq, f, &input, deadline).await?,
-                    None => input,
-                },
-                NodeKind::Approval(a) => match &a.prompt {
-                    Some(f) => run_jq(&jq, f, &input, deadline).await?,
-                    None => Value::String(format!("approve {}?", spec.id)),
-                },
-                _ => Value::Null,
-            };
+            let rendered = render.await?;
             let text = rendered.to_string();
             if text.len() > max_bytes {
+                let what = match spec.kind {
+                    NodeKind::Task(_) => "input",
+                    _ => "prompt",
+                };
                 return Err(NodeError::fatal(format!(
-                    "the {} node's {} is {} bytes, over the limit of {max_bytes} bytes (--max-output-bytes)",
+                    "the {} node's {what} is {} bytes, over the limit of {max_bytes} bytes (--max-output-bytes)",
                     spec.kind_name(),
-                    if matches!(spec.kind, NodeKind::Task(_)) { "input" } else { "prompt" },
                     text.len()
                 )));
             }
@@ -172,7 +171,7 @@ impl RunActor {
             };
             loop {
                 match waits::create(&mut conn, w, &spec.id, &text, spec.timeout_ms).await {
-                    Ok(c) => return Ok((rendered, c)),
+                    Ok(c) => return Ok(c.map(|c| (rendered, c))),
                     Err(e) => {
                         log::warn!(
                             "run {}: cannot start wait {wid} ({e}); retrying",
@@ -192,12 +191,16 @@ impl RunActor {
                     act.outside.nodes.remove(&i);
                     act.finished(i, Err(e), ctx);
                 }
-                Ok((prompt, created)) => {
+                // The run ended meanwhile: its ending commit is on its way.
+                Ok(None) => {
+                    act.outside.nodes.remove(&i);
+                }
+                Ok(Some((prompt, created))) => {
                     if let Some(w) = act.outside.nodes.get_mut(&i) {
                         w.launch = None;
                     }
                     let approval = matches!(act.setup.dag.node(i).kind, NodeKind::Approval(_));
-                    if approval && !announced {
+                    if approval && !asked {
                         act.announce(i, prompt, created, ctx);
                     } else {
                         act.check_wait(i, ctx);
@@ -213,11 +216,49 @@ impl RunActor {
                 timer: None,
                 checking: false,
                 again: false,
+                looked: false,
                 progress_sent: 0,
                 progress_at: None,
                 progress_later: false,
             },
         );
+    }
+
+    /// What node `i`'s wait carries: a task's input (its `input` filter's
+    /// result, else `{inputs, nodes}`), an approval's prompt (unless it was
+    /// announced already), nothing for a signal. Rendered under a compute
+    /// permit of the run's user, in the sandboxed pool, within the
+    /// transforms' default deadline.
+    fn render(
+        &self,
+        i: usize,
+        spec: &NodeSpec,
+        asked: bool,
+    ) -> impl std::future::Future<Output = Result<Value, NodeError>> + 'static {
+        let (what, filter) = match &spec.kind {
+            NodeKind::Task(t) => ("input", t.input.clone()),
+            NodeKind::Approval(a) if !asked => ("prompt", a.prompt.clone()),
+            _ => ("", None),
+        };
+        let needs_input = matches!(spec.kind, NodeKind::Task(_)) || filter.is_some();
+        let default_prompt = match &spec.kind {
+            NodeKind::Approval(_) if !asked => Value::String(format!("approve {}?", spec.id)),
+            _ => Value::Null,
+        };
+        let input = needs_input.then(|| self.input_of(i));
+        let (compute, user) = (self.env.shares.compute.clone(), self.setup.user.clone());
+        let jq = self.env.jq.clone();
+        async move {
+            let Some(input) = input else {
+                return Ok(default_prompt);
+            };
+            let _permit = compute.acquire(&user).await;
+            let input = input.build().await?;
+            match filter {
+                Some(f) => node::evaluate(&jq, what, &f, &input, DEFAULT_TRANSFORM_TIMEOUT).await,
+                None => Ok(input),
+            }
+        }
     }
 
     /// Whether node `i` still waits on `attempt`, in a running run.
@@ -231,10 +272,12 @@ impl RunActor {
                 .is_some_and(|w| w.id.attempt == attempt)
     }
 
-    /// Publishes `approval_required` with the attempt in the node's record
-    /// (which marks it announced), then watches the wait.
+    /// Publishes `approval_required`, with the attempt recorded as asked,
+    /// then watches the wait.
     fn announce(&mut self, i: usize, prompt: Value, created: Created, ctx: &mut Context<Self>) {
         let mut c = self.commit();
+        let rec = &mut self.setup.records[i];
+        rec.asked = Some(rec.attempt);
         self.set_node(&mut c, i);
         let body = EventBody::ApprovalRequired {
             run_id: self.setup.run_id.clone(),
@@ -264,7 +307,7 @@ impl RunActor {
         let attempt = id.attempt;
         let dag = self.setup.dag.clone();
         let user = self.setup.user.clone();
-        let mut conn = self.outside.conn.clone();
+        let mut conn = self.env.conn.clone();
         let fut = async move {
             let w = WaitRef {
                 id: &id,
@@ -292,6 +335,9 @@ impl RunActor {
                     next_check,
                     progress,
                 }) => {
+                    if let Some(w) = act.outside.nodes.get_mut(&i) {
+                        w.looked = true;
+                    }
                     act.progress(i, progress, ctx);
                     let again = act
                         .outside
@@ -303,6 +349,7 @@ impl RunActor {
                     } else if let Some(d) = next_check {
                         act.look_later(i, d + TIMER_SLACK, ctx);
                     }
+                    act.clear_crash_loop_if_only_waiting();
                 }
                 Ok(done) => {
                     if let Some(w) = act.outside.nodes.remove(&i) {
@@ -310,11 +357,65 @@ impl RunActor {
                             ctx.cancel_future(h);
                         }
                     }
+                    act.setup.records[i].asked = None;
                     let outcome = act.outcome(i, done);
-                    act.finished(i, outcome, ctx);
+                    act.apply_outcome(i, outcome, ctx);
                 }
             }
         }));
+    }
+
+    /// Hands a wait's outcome to `finished`, its output hashed first (off
+    /// this thread when large); the hashing counts as running.
+    fn apply_outcome(
+        &mut self,
+        i: usize,
+        outcome: Result<Value, NodeError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let fut = async move {
+            match outcome {
+                Ok(v) => output_of(v).await,
+                Err(e) => Err(e),
+            }
+        };
+        let handle = ctx.spawn(fut.into_actor(self).map(
+            move |r: Result<Output, NodeError>, act, ctx| {
+                act.running.remove(&i);
+                act.finished(i, r, ctx);
+            },
+        ));
+        self.running.insert(i, handle);
+    }
+
+    /// Once per actor: a resumed run whose active nodes all wait outside,
+    /// each wait established, clears its crash-loop count.
+    fn clear_crash_loop_if_only_waiting(&mut self) {
+        if self.outside.loop_cleared || !self.setup.resumed {
+            return;
+        }
+        let only_waiting = self.in_flight == 0
+            && self.running.is_empty()
+            && self.foreach.is_empty()
+            && self.setup.state.active().iter().all(|i| {
+                self.outside
+                    .nodes
+                    .get(i)
+                    .is_some_and(|w| w.looked && w.launch.is_none())
+            });
+        if !only_waiting {
+            return;
+        }
+        self.outside.loop_cleared = true;
+        let (mut conn, run_id) = (self.env.conn.clone(), self.setup.run_id.clone());
+        let owner = self.setup.owner.clone();
+        // Detached: nothing waits for it, and a failure only leaves the
+        // count as it was.
+        actix::spawn(async move {
+            if let Err(e) = leases::only_waiting(&mut conn, &run_id, &owner).await {
+                log::warn!("run {run_id}: cannot clear its crash-loop count ({e})");
+            }
+        });
     }
 
     /// Schedules the next look at node `i` (replacing the one scheduled).
@@ -364,6 +465,8 @@ impl RunActor {
             node_id: self.node_id(i).to_owned(),
             progress: p.progress.unwrap_or(0.0).clamp(0.0, 1.0),
             message: p.message,
+            done: None,
+            total: None,
         };
         self.push_event(&mut c, body);
         self.send(c, ctx, |_, _| {});
@@ -402,27 +505,14 @@ impl RunActor {
         }
     }
 
-    /// After the commit that ended the run: cancels the waits still open
-    /// (queued tasks leave their queue; workers' reports are refused).
+    /// Once the commit that ended the run is durable: stops watching its
+    /// waits. That commit cancelled the open ones in Redis (queued tasks
+    /// left their queue; workers' reports are refused).
     pub(super) fn release_waits(&mut self, ctx: &mut Context<Self>) {
-        let dag = self.setup.dag.clone();
-        let user = self.setup.user.clone();
-        for (i, w) in self.outside.nodes.drain() {
+        for (_, w) in self.outside.nodes.drain() {
             for h in [w.launch, w.timer].into_iter().flatten() {
                 ctx.cancel_future(h);
             }
-            let (dag, user, mut conn) = (dag.clone(), user.clone(), self.outside.conn.clone());
-            // Detached: the actor stops once the run has ended.
-            actix::spawn(async move {
-                let r = WaitRef {
-                    id: &w.id,
-                    user: &user,
-                    kind: kind_of(dag.node(i)),
-                };
-                if let Err(e) = waits::cancel(&mut conn, r).await {
-                    log::warn!("run {}: cannot cancel wait {} ({e})", w.id.run_id, w.id);
-                }
-            });
         }
     }
 }
@@ -446,6 +536,7 @@ impl Handler<IsBusy> for RunActor {
 
     fn handle(&mut self, _: IsBusy, _ctx: &mut Self::Context) -> bool {
         self.in_flight > 0
+            || !self.running.is_empty()
             || self
                 .setup
                 .state

@@ -9,11 +9,13 @@
 //!
 //! Modules by concern:
 //! - [`commit`]: the atomic commit of a run's state change and its events;
-//! - [`runs`]: run records and their admission under the user's quotas, the
-//!   user's index, event lists, outputs, cancel requests;
+//! - [`runs`]: run records and their admission under the user's quotas
+//!   (child runs included), the user's index, event lists, outputs, cancel requests;
 //! - [`history`]: the per-user event history read by resuming sessions;
-//! - [`requests`]: the run-request stream and its consumer group;
-//! - [`leases`]: which runner drives which run;
+//! - [`requests`]: the run-request stream and its consumer group (an
+//!   acknowledged request is deleted);
+//! - [`leases`]: which runner process drives which run, its presence, and
+//!   the crash-loop count;
 //! - [`workflows`]: each user's own workflows and the shared catalogue;
 //! - [`waits`]: one attempt of a `task`, `approval` or `signal` node, its
 //!   deadlines, decisions and signals;
@@ -35,7 +37,7 @@ pub mod tasks;
 pub mod waits;
 pub mod workflows;
 
-pub use commit::{Commit, Outcome};
+pub use commit::{Commit, Outcome, Retention};
 pub use runs::{NodeRecord, RunRecord};
 
 /// How long connecting to Redis may take, for every connection the process
@@ -74,16 +76,35 @@ mod tests {
     /// `keys::field` and `RunStatus`: they must agree.
     #[test]
     fn lua_scripts_use_the_fields_and_statuses_rust_names() {
+        // Each script with the KEYS index of the run hash in it.
         let lua = [
-            include_str!("lua/commit.lua"),
-            include_str!("lua/claim.lua"),
-            include_str!("lua/enqueue.lua"),
+            (include_str!("lua/commit.lua"), "1]"),
+            (include_str!("lua/claim.lua"), "2]"),
+            (include_str!("lua/enqueue.lua"), "1]"),
+            (include_str!("lua/enqueue_child.lua"), "1]"),
+            (include_str!("lua/release.lua"), "i + 1]"),
+            (include_str!("lua/only_waiting.lua"), "2]"),
         ];
-        let known = [field::STATUS, field::SEQ];
-        for src in lua {
-            for part in src.split("'HGET', KEYS[").skip(1) {
-                let f = part.split('\'').nth(1).unwrap_or("");
-                assert!(known.contains(&f), "script reads unknown field {f:?}");
+        let known = [
+            field::STATUS,
+            field::SEQ,
+            field::WRITER,
+            field::WRITER_FROM,
+            field::RESUMED_AT_SEQ,
+            field::RESUMES,
+            field::CREATED_MS,
+        ];
+        for (src, run_hash) in lua {
+            for cmd in ["'HGET', KEYS[", "'HSET', KEYS[", "'HDEL', KEYS["] {
+                for part in src.split(cmd).skip(1).filter(|p| p.starts_with(run_hash)) {
+                    // Every quoted field name up to the call's closing
+                    // parenthesis (HSET/HDEL name several; variables are
+                    // not quoted).
+                    let line = part.split(')').next().unwrap_or("");
+                    for f in line.split('\'').skip(1).step_by(2) {
+                        assert!(known.contains(&f), "script names unknown field {f:?}");
+                    }
+                }
             }
             for st in ["completed", "failed", "cancelled"] {
                 if src.contains(&format!("'{st}'")) {

@@ -4,7 +4,9 @@
 //! Requests are read by the `runners` group, so several runner instances
 //! share them; a request is acknowledged by the commit that initialises its
 //! run (see `commit`). Requests left pending by a dead consumer are claimed
-//! by another once they have been idle long enough ([`claim_stale`]).
+//! by another once they have been idle long enough ([`claim_stale`]). An
+//! acknowledged request is deleted from the stream (XDEL next to every
+//! XACK), so the stream holds only requests still to be done.
 
 use std::time::Duration;
 
@@ -86,9 +88,17 @@ pub fn is_missing_group(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP")
 }
 
-/// Acknowledges a request that needs no run (malformed, or its run is gone).
+/// Acknowledges and deletes a request that needs no run (malformed, or its
+/// run is gone or already initialised).
 pub async fn ack<C: ConnectionLike + Send + Sync>(conn: &mut C, entry_id: &str) -> Result<()> {
-    let _: i64 = conn.xack(keys::REQUESTS, keys::GROUP, &[entry_id]).await?;
+    redis::pipe()
+        .atomic()
+        .xack(keys::REQUESTS, keys::GROUP, &[entry_id])
+        .ignore()
+        .xdel(keys::REQUESTS, &[entry_id])
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
     Ok(())
 }
 

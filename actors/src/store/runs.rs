@@ -2,12 +2,24 @@
 //! list, stored outputs and the active set.
 //!
 //! A run is accepted by [`enqueue`] (the user's quotas checked, then hash,
-//! index, active set and request-stream entry, in one Lua script) and
-//! changed afterwards only by commits (see `commit`), except for the cancel
-//! request, which any API instance may record. The commit that ends a run
-//! takes it out of its user's active set.
+//! index, active set and request-stream entry, in one Lua script), or as a
+//! child run by [`enqueue_child`] (the same rules, once only:
+//! `lua/enqueue_child.lua`), and changed afterwards only by commits (see
+//! `commit`), except for the cancel request, which any API instance may
+//! record. The commit that ends a run takes it out of its user's active set
+//! and gives it its expiry (`--retention`); from then on a run, its events
+//! and its outputs may be gone at any read, and a run that is gone is
+//! simply absent ([`load`] answers `None`, [`list`] skips it and prunes it
+//! from the index).
+//!
+//! The index is a sorted set whose members are `keys::index_member`
+//! (creation time, then run id), all scored 0, so that [`list`] pages with
+//! an exclusive lexicographic bound: the cursor is the last member of the
+//! previous page, and a page boundary neither skips nor repeats a run,
+//! whatever was created or expired meanwhile and however many runs share
+//! a millisecond.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
@@ -19,9 +31,12 @@ use super::keys::{self, field};
 use super::script::Lua;
 use crate::counter::{NodeStatus, RunStatus};
 use crate::error::{Error, Result};
+use crate::event::Parent;
 use crate::workflow::Workflow;
 
 static ENQUEUE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/enqueue.lua")));
+static ENQUEUE_CHILD: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("lua/enqueue_child.lua")));
 
 /// A node's persisted state (`n:{node}` in the run hash).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,6 +52,16 @@ pub struct NodeRecord {
     /// The last error, if an attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A `foreach` node's items (its array's address), once evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_ref: Option<String>,
+    /// How many items that array has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<usize>,
+    /// An `approval` node's attempt whose `approval_required` was
+    /// published: it waits for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<u32>,
 }
 
 impl NodeRecord {
@@ -47,6 +72,9 @@ impl NodeRecord {
             attempt: 0,
             result_ref: None,
             error: None,
+            items_ref: None,
+            items: None,
+            asked: None,
         }
     }
 }
@@ -76,6 +104,12 @@ pub struct RunRecord {
     pub nodes: HashMap<String, NodeRecord>,
     /// The owner asked to cancel it (through an instance that did not hold it).
     pub cancel_requested: bool,
+    /// The run and node that started it, for a child run.
+    pub parent: Option<Parent>,
+    /// How deeply it is nested in child runs (0: started by a user).
+    pub depth: u32,
+    /// Finished `foreach` items: node id → index → result ref.
+    pub items: HashMap<String, BTreeMap<usize, String>>,
 }
 
 /// A run as listed by `GET /api/v1/runs`.
@@ -91,6 +125,15 @@ pub struct RunSummary {
     pub counter: Option<u32>,
     /// When it was accepted, Unix ms.
     pub created_ms: Option<u64>,
+    /// Its workflow's number of nodes.
+    pub nodes: Option<u32>,
+    /// Nodes completed so far.
+    pub done: Option<u32>,
+    /// When it ended, Unix ms (absent while it runs).
+    pub ended_ms: Option<u64>,
+    /// The parent run, for a child run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
 }
 
 /// Reads a run; `None` if it does not exist.
@@ -119,13 +162,28 @@ fn parse(run_id: &str, mut h: HashMap<String, String>) -> Result<RunRecord> {
     let seq = num(h.remove(field::SEQ));
     let created_ms = num(h.remove(field::CREATED_MS));
     let cancel_requested = h.remove(field::CANCEL_REQUESTED).is_some();
-    let nodes = h
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let id = k.strip_prefix(field::NODE_PREFIX)?;
-            Some((id.to_owned(), serde_json::from_str(&v).ok()?))
-        })
-        .collect();
+    let depth = num(h.remove(field::DEPTH)) as u32;
+    let parent = match (
+        h.remove(field::PARENT_RUN_ID),
+        h.remove(field::PARENT_NODE_ID),
+    ) {
+        (Some(parent_run_id), Some(parent_node_id)) => Some(Parent {
+            parent_run_id,
+            parent_node_id,
+        }),
+        _ => None,
+    };
+    let mut nodes = HashMap::new();
+    let mut items: HashMap<String, BTreeMap<usize, String>> = HashMap::new();
+    for (k, v) in h {
+        if let Some(id) = k.strip_prefix(field::NODE_PREFIX) {
+            if let Ok(rec) = serde_json::from_str(&v) {
+                nodes.insert(id.to_owned(), rec);
+            }
+        } else if let Some((id, index)) = field::parse_item(&k) {
+            items.entry(id.to_owned()).or_default().insert(index, v);
+        }
+    }
     Ok(RunRecord {
         run_id: run_id.into(),
         user,
@@ -138,7 +196,31 @@ fn parse(run_id: &str, mut h: HashMap<String, String>) -> Result<RunRecord> {
         inputs,
         nodes,
         cancel_requested,
+        parent,
+        depth,
+        items,
     })
+}
+
+/// The fields of a new run's hash (status `queued`).
+fn new_run_fields(
+    user: &str,
+    workflow: &Workflow,
+    inputs: &Value,
+    created_ms: u64,
+) -> Result<Vec<(&'static str, String)>> {
+    let wf = serde_json::to_string(workflow).map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok(vec![
+        (field::USER, user.to_owned()),
+        (field::TAG, workflow.tag.clone()),
+        (field::STATUS, RunStatus::Queued.as_str().to_owned()),
+        (field::COUNTER, "0".into()),
+        (field::SEQ, "0".into()),
+        (field::CREATED_MS, created_ms.to_string()),
+        (field::NODES, workflow.nodes.len().to_string()),
+        (field::WORKFLOW, wf),
+        (field::INPUTS, inputs.to_string()),
+    ])
 }
 
 /// A user's run quotas, enforced by [`enqueue`].
@@ -192,6 +274,8 @@ pub enum Admission {
 /// `queued`), the user's index and active set, and the request stream entry,
 /// in one Lua script (`lua/enqueue.lua`) that checks the quota first, so a
 /// refused run writes nothing and every API instance enforces one limit.
+/// The user's keys lose any expiry (set when their last run ended): they
+/// hold a live run again.
 pub async fn enqueue<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     run_id: &str,
@@ -201,34 +285,27 @@ pub async fn enqueue<C: ConnectionLike + Send + Sync>(
     quota: RunQuota,
 ) -> Result<Admission> {
     let created_ms = crate::event::now_ms();
-    let wf = serde_json::to_string(workflow).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let fields = new_run_fields(user, workflow, inputs, created_ms)?;
     let keys = [
         keys::run(run_id),
         keys::user_runs(user),
         keys::REQUESTS.to_owned(),
         keys::user_active(user),
         keys::user_rate(user),
+        keys::user_ended(user),
+        keys::user_results(user),
     ];
     let mut args = vec![
         quota.max_active.to_string(),
         quota.per_sec.max(1).to_string(),
         quota.burst().max(1).to_string(),
         run_id.to_owned(),
-        created_ms.to_string(),
+        keys::index_member(created_ms, run_id),
         keys::REQUEST_RUN_ID.to_owned(),
     ];
-    for (f, v) in [
-        (field::USER, user),
-        (field::TAG, workflow.tag.as_str()),
-        (field::STATUS, RunStatus::Queued.as_str()),
-        (field::COUNTER, "0"),
-        (field::SEQ, "0"),
-        (field::CREATED_MS, &created_ms.to_string()),
-        (field::WORKFLOW, &wf),
-        (field::INPUTS, &inputs.to_string()),
-    ] {
+    for (f, v) in fields {
         args.push(f.to_owned());
-        args.push(v.to_owned());
+        args.push(v);
     }
     let (code, retry_after_s): (String, u64) = ENQUEUE.invoke(conn, &keys, &args).await?;
     match code.as_str() {
@@ -239,6 +316,80 @@ pub async fn enqueue<C: ConnectionLike + Send + Sync>(
             "enqueue script answered an unknown code {other:?}"
         ))),
     }
+}
+
+/// What became of a child run submitted to [`enqueue_child`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildAdmission {
+    /// Stored and queued now.
+    Accepted,
+    /// A run with this id exists (a resumed parent starting the same child
+    /// again): nothing written.
+    Exists,
+    /// Refused, nothing written: the user has [`RunQuota::max_active`]
+    /// unfinished runs (child runs count).
+    QuotaExceeded,
+}
+
+/// Queues a child run of `parent`, at `depth`, unless a run with this id
+/// exists already (a resumed parent starting the same child again), under
+/// the rules of [`enqueue`]: a child is an active run of its user (and is
+/// refused beyond [`RunQuota::max_active`]), listed in the user's index,
+/// and the user's keys lose their expiry. The rate limit does not apply: a
+/// child belongs to a run admitted already. The check and the writes are
+/// one script (`lua/enqueue_child.lua`).
+#[allow(clippy::too_many_arguments)]
+pub async fn enqueue_child<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    run_id: &str,
+    user: &str,
+    workflow: &Workflow,
+    inputs: &Value,
+    parent: &Parent,
+    depth: u32,
+    quota: RunQuota,
+) -> Result<ChildAdmission> {
+    let created_ms = crate::event::now_ms();
+    let mut fields = new_run_fields(user, workflow, inputs, created_ms)?;
+    fields.push((field::PARENT_RUN_ID, parent.parent_run_id.clone()));
+    fields.push((field::PARENT_NODE_ID, parent.parent_node_id.clone()));
+    fields.push((field::DEPTH, depth.to_string()));
+    let keys = [
+        keys::run(run_id),
+        keys::user_runs(user),
+        keys::REQUESTS.to_owned(),
+        keys::user_active(user),
+        keys::user_ended(user),
+        keys::user_results(user),
+    ];
+    let mut args = vec![
+        quota.max_active.to_string(),
+        run_id.to_owned(),
+        keys::index_member(created_ms, run_id),
+        keys::REQUEST_RUN_ID.to_owned(),
+    ];
+    for (f, v) in fields {
+        args.push(f.to_owned());
+        args.push(v);
+    }
+    let code: String = ENQUEUE_CHILD.invoke(conn, &keys, &args).await?;
+    match code.as_str() {
+        "accepted" => Ok(ChildAdmission::Accepted),
+        "exists" => Ok(ChildAdmission::Exists),
+        "quota_exceeded" => Ok(ChildAdmission::QuotaExceeded),
+        other => Err(Error::Corrupt(format!(
+            "enqueue_child script answered an unknown code {other:?}"
+        ))),
+    }
+}
+
+/// A run's status; `None` if it does not exist.
+pub async fn status<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    run_id: &str,
+) -> Result<Option<RunStatus>> {
+    let s: Option<String> = conn.hget(keys::run(run_id), field::STATUS).await?;
+    Ok(s.and_then(|s| RunStatus::parse(&s)))
 }
 
 /// Asks whichever runner holds a run to cancel it: the request is recorded
@@ -256,6 +407,19 @@ pub async fn request_cancel<C: ConnectionLike + Send + Sync>(
         .ignore()
         .query_async::<()>(conn)
         .await?;
+    Ok(())
+}
+
+/// Asks a child run to cancel, if it exists: a parent cancelled while it
+/// was starting the child may have queued nothing (and must not leave a
+/// stub behind).
+pub async fn cancel_child<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    run_id: &str,
+) -> Result<()> {
+    if status(conn, run_id).await?.is_some() {
+        request_cancel(conn, run_id).await?;
+    }
     Ok(())
 }
 
@@ -305,54 +469,139 @@ pub async fn outputs<C: ConnectionLike + Send + Sync>(
     Ok(redis::cmd("MGET").arg(keys).query_async(conn).await?)
 }
 
-/// A stored output, if `user` may read it.
+/// A stored output, if `user` may read it: one of their runs stored it, and
+/// that run is live or within its retention.
 pub async fn result_for<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     user: &str,
     result_ref: &str,
 ) -> Result<Option<String>> {
-    let (mine, blob): (bool, Option<String>) = redis::pipe()
-        .sismember(keys::user_results(user), result_ref)
+    let (expiry, blob): (Option<f64>, Option<String>) = redis::pipe()
+        .zscore(keys::user_results(user), result_ref)
         .get(keys::result(result_ref))
         .query_async(conn)
         .await?;
-    Ok(blob.filter(|_| mine))
+    // Grants expire by Redis's clock and are pruned soon after; this
+    // process's clock only has to tell a past grant from a current one.
+    let now = crate::event::now_ms() as f64;
+    Ok(blob.filter(|_| expiry.is_some_and(|e| e > now)))
 }
 
-/// The user's latest runs, newest first, at most `limit`.
+/// One page of a user's runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunPage {
+    /// Runs, newest first.
+    pub runs: Vec<RunSummary>,
+    /// Where the next page starts (`None`: this is the last page).
+    pub next_cursor: Option<String>,
+}
+
+/// True when `cursor` can be a cursor of [`list`] (a `keys::index_member`).
+pub fn is_valid_cursor(cursor: &str) -> bool {
+    keys::index_run_id(cursor).is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+}
+
+/// The user's runs, newest first: at most `limit` after `cursor` (from the
+/// newest when `None`; see [`is_valid_cursor`]). Runs that expired are
+/// skipped and pruned from the index.
 pub async fn list<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     user: &str,
     limit: usize,
-) -> Result<Vec<RunSummary>> {
-    let ids: Vec<String> = conn
-        .zrevrange(keys::user_runs(user), 0, limit as isize - 1)
-        .await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
+    cursor: Option<&str>,
+) -> Result<RunPage> {
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<u32>,
+        Option<u64>,
+        Option<u32>,
+        Option<u32>,
+        Option<u64>,
+        Option<String>,
+    );
+    let limit = limit.max(1);
+    let index = keys::user_runs(user);
+    let mut bound = cursor.map_or_else(|| "+".to_owned(), |c| format!("({c}"));
+    // (member, run) for up to limit + 1 runs: one more says there is a next page.
+    let mut found: Vec<(String, RunSummary)> = Vec::new();
+    let mut gone: Vec<String> = Vec::new();
+    loop {
+        let want = limit + 1 - found.len();
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(&bound)
+            .arg("-")
+            .arg("BYLEX")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(want)
+            .query_async(conn)
+            .await?;
+        let Some(last) = members.last() else {
+            break;
+        };
+        bound = format!("({last}");
+        let mut pipe = redis::pipe();
+        for m in &members {
+            pipe.hmget(
+                keys::run(keys::index_run_id(m).unwrap_or_default()),
+                &[
+                    field::TAG,
+                    field::STATUS,
+                    field::COUNTER,
+                    field::CREATED_MS,
+                    field::NODES,
+                    field::DONE,
+                    field::ENDED_MS,
+                    field::PARENT_RUN_ID,
+                ],
+            );
+        }
+        let rows: Vec<Row> = pipe.query_async(conn).await?;
+        let fetched = members.len();
+        for (m, (tag, status, counter, created_ms, nodes, done, ended_ms, parent)) in
+            members.into_iter().zip(rows)
+        {
+            match (keys::index_run_id(&m), tag, status) {
+                (Some(run_id), Some(tag), Some(status)) => {
+                    let run = RunSummary {
+                        run_id: run_id.to_owned(),
+                        tag,
+                        status,
+                        counter,
+                        created_ms,
+                        nodes,
+                        done,
+                        ended_ms,
+                        parent_run_id: parent,
+                    };
+                    found.push((m, run));
+                }
+                _ => gone.push(m),
+            }
+        }
+        if found.len() > limit || fetched < want {
+            break;
+        }
     }
-    let mut pipe = redis::pipe();
-    for id in &ids {
-        pipe.hmget(
-            keys::run(id),
-            &[field::TAG, field::STATUS, field::COUNTER, field::CREATED_MS],
-        );
+    if !gone.is_empty() {
+        redis::pipe()
+            .zrem(&index, &gone)
+            .ignore()
+            .zrem(keys::user_ended(user), &gone)
+            .ignore()
+            .query_async::<()>(conn)
+            .await?;
     }
-    type Row = (Option<String>, Option<String>, Option<u32>, Option<u64>);
-    let rows: Vec<Row> = pipe.query_async(conn).await?;
-    Ok(ids
-        .into_iter()
-        .zip(rows)
-        .filter_map(|(run_id, (tag, status, counter, created_ms))| {
-            Some(RunSummary {
-                run_id,
-                tag: tag?,
-                status: status?,
-                counter,
-                created_ms,
-            })
-        })
-        .collect())
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let next_cursor = more.then(|| found.last().map(|(m, _)| m.clone())).flatten();
+    Ok(RunPage {
+        runs: found.into_iter().map(|(_, r)| r).collect(),
+        next_cursor,
+    })
 }
 
 /// A run's events, in order, as stored JSON texts.

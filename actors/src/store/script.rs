@@ -42,7 +42,12 @@ impl Lua {
 
     /// Adds an EVALSHA of the script to a pipeline. A pipeline that fails
     /// with NOSCRIPT is sent again after [`Lua::load`].
-    pub fn add_to(&self, pipe: &mut redis::Pipeline, keys: &[String], args: &[String]) {
+    pub fn add_to<K: ToRedisArgs, A: ToRedisArgs>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        keys: &[K],
+        args: &[A],
+    ) {
         pipe.cmd("EVALSHA")
             .arg(self.script.get_hash())
             .arg(keys.len())

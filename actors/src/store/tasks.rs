@@ -20,7 +20,7 @@ use redis::aio::ConnectionLike;
 
 use super::keys;
 use super::script::Lua;
-use super::waits::{WaitId, FINAL_TTL};
+use super::waits::WaitId;
 use crate::error::{Error, Result};
 
 static CLAIM: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/task_claim.lua")));
@@ -65,7 +65,6 @@ pub async fn claim<C: ConnectionLike + Send + Sync>(
         keys::WAIT_PREFIX.to_owned(),
         keys::RUN_PREFIX.to_owned(),
         worker_id.to_owned(),
-        FINAL_TTL.as_secs().to_string(),
         keys::WAITS_SETTLED.to_owned(),
         user.to_owned(),
     ];
@@ -156,7 +155,6 @@ pub async fn report<C: ConnectionLike + Send + Sync>(
         message.unwrap_or_default().to_owned(),
         keys::WAITS_SETTLED.to_owned(),
         wid.clone(),
-        FINAL_TTL.as_secs().to_string(),
     ];
     let (code, detail): (String, String) = REPORT.invoke(conn, &[keys::wait(&wid)], &args).await?;
     Ok(match code.as_str() {

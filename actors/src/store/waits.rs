@@ -14,8 +14,12 @@
 //!
 //! Changes are announced on [`keys::WAITS_SETTLED`] (the wait's id) so the
 //! actor holding the run, in whatever process, looks at once; new tasks on
-//! [`keys::TASKS_READY`] so waiting claims wake up. Final records expire
-//! after [`FINAL_TTL`].
+//! [`keys::TASKS_READY`] so waiting claims wake up.
+//!
+//! A wait lives as long as its run: it is created only on a live run and
+//! listed in the run's waits ([`keys::run_waits`]), and the commit that
+//! ends the run cancels the open ones and gives every record the run's
+//! expiry (see `store::commit`'s retention notes).
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -29,12 +33,8 @@ use crate::error::{Error, Result};
 
 static CREATE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/wait_create.lua")));
 static SETTLE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/wait_settle.lua")));
-static CANCEL: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/wait_cancel.lua")));
 static DECIDE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/approval_decide.lua")));
 static SIGNAL: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/signal_send.lua")));
-
-/// How long a wait record is kept once final (the default retention).
-pub const FINAL_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// Names one attempt of one node of one run: `{run_id}.{node index}.{attempt}`
 /// (a task's `task_id`). Attempts are numbered from 1, so relaunching an
@@ -155,15 +155,18 @@ pub struct Created {
     pub deadline_ms: Option<u64>,
 }
 
-/// Creates a wait (a task is queued and announced), or finds it as it is.
+/// Creates a wait (a task is queued and announced), or finds it as it is;
+/// `None` if the run has ended (no wait is made then).
 pub async fn create<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     w: WaitRef<'_>,
     node_id: &str,
     input_json: &str,
     timeout_ms: Option<u64>,
-) -> Result<Created> {
+) -> Result<Option<Created>> {
     let [record, queue, _] = w.keys();
+    let run = keys::run(&w.id.run_id);
+    let listed = keys::run_waits(&w.id.run_id);
     let (queue_name, lease_ms, signal) = match w.kind {
         WaitKind::Task { queue, lease_ms } => (queue, lease_ms, ""),
         WaitKind::Approval => ("", 0, ""),
@@ -186,13 +189,14 @@ pub async fn create<C: ConnectionLike + Send + Sync>(
         keys::TASKS_READY.to_owned(),
         ready,
     ];
-    let (created, _state, created_ms, deadline): (i64, String, u64, u64) =
-        CREATE.invoke(conn, &[record, queue], &args).await?;
-    Ok(Created {
+    let (created, _state, created_ms, deadline): (i64, String, u64, u64) = CREATE
+        .invoke(conn, &[record, queue, run, listed], &args)
+        .await?;
+    Ok((created >= 0).then_some(Created {
         created: created == 1,
         created_ms,
         deadline_ms: (deadline > 0).then_some(deadline),
-    })
+    }))
 }
 
 /// The latest progress a worker reported on a task.
@@ -241,7 +245,7 @@ pub enum Settled {
         /// The deadline, Unix ms.
         deadline_ms: u64,
     },
-    /// Cancelled (its run ended).
+    /// Cancelled (its run ended: the commit that ended it cancelled it).
     Cancelled,
     /// No such wait (expired long ago, or never created).
     Missing,
@@ -253,7 +257,7 @@ pub async fn settle<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     w: WaitRef<'_>,
 ) -> Result<Settled> {
-    let args = [FINAL_TTL.as_secs().to_string(), w.id.to_string()];
+    let args = [w.id.to_string()];
     let reply: Vec<String> = SETTLE.invoke(conn, &w.keys(), &args).await?;
     let corrupt = || Error::Corrupt(format!("wait {}: settle answered {reply:?}", w.id));
     let Some(state) = reply.first() else {
@@ -294,15 +298,6 @@ pub async fn settle<C: ConnectionLike + Send + Sync>(
     })
 }
 
-/// Cancels a wait whose run ended (a queued task leaves its queue); true if
-/// it was still waiting.
-pub async fn cancel<C: ConnectionLike + Send + Sync>(conn: &mut C, w: WaitRef<'_>) -> Result<bool> {
-    let [record, queue, _] = w.keys();
-    let args = [FINAL_TTL.as_secs().to_string(), w.id.to_string()];
-    let n: i64 = CANCEL.invoke(conn, &[record, queue], &args).await?;
-    Ok(n == 1)
-}
-
 /// What became of a decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
@@ -326,7 +321,6 @@ pub async fn decide<C: ConnectionLike + Send + Sync>(
         output_json.to_owned(),
         keys::WAITS_SETTLED.to_owned(),
         wid.clone(),
-        FINAL_TTL.as_secs().to_string(),
     ];
     let reply: Vec<String> = DECIDE.invoke(conn, &[keys::wait(&wid)], &args).await?;
     Ok(match reply.first().map(String::as_str) {
@@ -407,7 +401,6 @@ mod tests {
         let lua = [
             include_str!("lua/wait_create.lua"),
             include_str!("lua/wait_settle.lua"),
-            include_str!("lua/wait_cancel.lua"),
             include_str!("lua/task_claim.lua"),
             include_str!("lua/task_report.lua"),
             include_str!("lua/approval_decide.lua"),

@@ -8,13 +8,15 @@
 //! at start-up by [`put_shared`]) is visible to every user and read-only
 //! through the API: a user who registers a catalogue tag gets their own copy,
 //! which shadows the shared one for them only. A tag resolves to the
-//! caller's own workflow first, then the shared one ([`get`]).
+//! caller's own workflow first, then the shared one ([`get`]); so does the
+//! tag of a child run (a `workflow` node), for the user of its parent run,
+//! and [`check_children`] checks a workflow's child tags the same way.
 //!
 //! A run takes a snapshot of its workflow when it is accepted (stored in the
 //! run's hash), so re-registering or deleting a tag never changes runs that
 //! are already queued or running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
@@ -22,7 +24,10 @@ use serde::Serialize;
 
 use super::keys;
 use crate::error::{Error, Result};
-use crate::workflow::{Dag, Workflow};
+use crate::workflow::{check_child_graph, ChildGraph, Dag, Workflow};
+
+/// Most workflows read to check one workflow's children.
+const MAX_CHILD_LOOKUPS: usize = 1000;
 
 /// Where a workflow visible to a user lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -129,4 +134,61 @@ pub async fn list<C: ConnectionLike + Send + Sync>(
         .into_iter()
         .map(|(tag, scope)| Listed { tag, scope })
         .collect())
+}
+
+/// Whose workflows the child tags of a workflow resolve among.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve<'a> {
+    /// As a run of this user resolves them ([`get`]): their own workflow
+    /// first, then the shared one.
+    User(&'a str),
+    /// The shared catalogue alone (the operator's `--workflows-dir`, checked
+    /// at start-up; each run resolves its children again for its user).
+    Shared,
+}
+
+/// Checks the child workflows `wf` runs, at every level, against what is
+/// registered, resolved as `resolve` says: each exists, none runs a
+/// workflow of its own chain again, none nests deeper than `max_depth`.
+/// `Ok(Err(message))` names the problem (a 422 at registration).
+pub async fn check_children<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    resolve: Resolve<'_>,
+    wf: &Workflow,
+    max_depth: u32,
+) -> Result<Result<(), String>> {
+    let edges = |w: &Workflow| -> Vec<(String, String)> {
+        w.child_tags()
+            .map(|(n, t)| (n.to_owned(), t.to_owned()))
+            .collect()
+    };
+    let mut graph = ChildGraph::new();
+    let mut todo: VecDeque<String> = edges(wf).into_iter().map(|(_, t)| t).collect();
+    graph.insert(wf.tag.clone(), edges(wf));
+    let mut lookups = 0;
+    while let Some(tag) = todo.pop_front() {
+        if graph.contains_key(&tag) {
+            continue;
+        }
+        lookups += 1;
+        if lookups > MAX_CHILD_LOOKUPS {
+            return Ok(Err(format!(
+                "workflow {:?} reaches more than {MAX_CHILD_LOOKUPS} child workflows",
+                wf.tag
+            )));
+        }
+        let child = match resolve {
+            Resolve::User(user) => get(conn, user, &tag).await?.map(|(_, w)| w),
+            Resolve::Shared => {
+                let j: Option<String> = conn.hget(keys::WORKFLOWS, &tag).await?;
+                j.map(|j| parse(&tag, &j)).transpose()?
+            }
+        };
+        if let Some(child) = child {
+            let e = edges(&child);
+            todo.extend(e.iter().map(|(_, t)| t.clone()));
+            graph.insert(tag, e);
+        }
+    }
+    Ok(check_child_graph(&wf.tag, &graph, max_depth))
 }

@@ -2,7 +2,7 @@
 -- approval waits and before its deadline; anything else changes nothing.
 -- KEYS: 1 wait record.
 -- ARGV: 1 the decision (the node's output, JSON), 2 settled channel,
---       3 wait id, 4 seconds a final record is kept.
+--       3 wait id. A final record expires with its run.
 -- Returns {'ok'} or {'missing'} or {'not_waiting', state}.
 local f = redis.call('HMGET', KEYS[1], 'state', 'deadline_ms')
 if not f[1] then return {'missing'} end
@@ -14,7 +14,6 @@ local state = 'completed'
 if deadline > 0 and now >= deadline then state = 'timed_out' end
 if state == 'completed' then redis.call('HSET', KEYS[1], 'output', ARGV[1]) end
 redis.call('HSET', KEYS[1], 'state', state)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 if state == 'completed' then return {'ok'} end
 return {'not_waiting', state}

@@ -6,7 +6,7 @@
 -- ARGV: 1 user, 2 token, 3 what ('heartbeat', 'completed', 'failed'),
 --       4 output JSON (completed) or error (failed), 5 retryable '1'|'0',
 --       6 has progress '1'|'0', 7 progress, 8 has message '1'|'0', 9 message,
---       10 settled channel, 11 wait id, 12 seconds a final record is kept.
+--       10 settled channel, 11 wait id. A final record expires with its run.
 -- Returns {'ok', lease ms} or {'missing', ''} (no such task of this user)
 -- or {'stale', why}: the task's state, 'token' or 'expired'.
 local f = redis.call('HMGET', KEYS[1], 'user', 'state', 'token', 'lease_until', 'lease_ms')
@@ -18,7 +18,6 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function final(state)
   redis.call('HSET', KEYS[1], 'state', state)
   redis.call('HDEL', KEYS[1], 'token')
-  redis.call('EXPIRE', KEYS[1], ARGV[12])
   redis.call('PUBLISH', ARGV[10], ARGV[11])
 end
 if now >= tonumber(f[4]) then

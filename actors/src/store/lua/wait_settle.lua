@@ -4,7 +4,7 @@
 -- to a final state once; a final record is reported as it is, every time.
 -- KEYS: 1 wait record, 2 the user's task queue (tasks; else the record),
 --       3 the run's signals (signal waits; else the record).
--- ARGV: 1 seconds a final record is kept, 2 wait id.
+-- ARGV: 1 wait id. A final record expires with its run.
 -- Returns {state, next check in ms (-1: none), output, error, retryable,
 --          progress_n, progress, message, deadline_ms, worker_id, lease_ms}.
 local f = redis.call('HMGET', KEYS[1], 'state', 'kind', 'deadline_ms', 'lease_until',
@@ -25,14 +25,13 @@ if state == 'queued' or state == 'claimed' or state == 'waiting' then
     final = 'completed'
   elseif deadline > 0 and now >= deadline then
     final = 'timed_out'
-    if state == 'queued' then redis.call('ZREM', KEYS[2], ARGV[2]) end
+    if state == 'queued' then redis.call('ZREM', KEYS[2], ARGV[1]) end
   elseif state == 'claimed' and now >= lease_until then
     final = 'expired'
   end
   if final then
     redis.call('HSET', KEYS[1], 'state', final)
     redis.call('HDEL', KEYS[1], 'token')
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
     state = final
   else
     if deadline > 0 then next_in = deadline - now end
