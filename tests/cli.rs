@@ -250,6 +250,180 @@ async fn approve_reject_and_signal_show_the_servers_error_code_and_message() {
     assert!(r.stderr.contains("not JSON"), "{}", r.stderr);
 }
 
+/// A workflow that waits for a decision on `gate`, then branches on it:
+/// approved, `paid` waits for the signal `paid`; rejected, `refused`
+/// outputs the decision's comment.
+fn gated(tag: &str) -> Value {
+    json!({"tag": tag, "nodes": [
+        {"id": "gate", "kind": "approval", "prompt": "\"ship \\(.inputs.item)?\""},
+        {"id": "paid", "kind": "signal", "name": "paid", "depends_on": ["gate"],
+         "when": ".nodes.gate.approved"},
+        {"id": "refused", "kind": "transform", "depends_on": ["gate"],
+         "when": ".nodes.gate.approved | not", "filter": ".nodes.gate.comment"}
+    ]})
+}
+
+#[actix_rt::test]
+async fn approve_and_signal_take_a_followed_run_through_its_waits_to_exit_0() {
+    let (_redis, d) = start(&[]).await;
+    register(&d, "olga", &gated("gated")).await;
+    let follow = CliProc::spawn(&d, "olga", &["run", "gated", "-i", "item=book", "--follow"]);
+    // The follower shows what is asked, and the command that answers it.
+    let asked = loop {
+        let line = follow.next_line();
+        if line.starts_with("approval_required") {
+            break line;
+        }
+    };
+    assert!(
+        asked.contains("gate: ship book? (flowcast approve|reject "),
+        "{asked}"
+    );
+    let hint = asked
+        .split_once("(flowcast approve|reject ")
+        .map(|(_, h)| h.trim_end_matches(')'))
+        .unwrap_or_else(|| panic!("no hint in {asked:?}"));
+    let (run, node) = hint.split_once(' ').unwrap();
+    assert_eq!(node, "gate");
+    assert!(uuid::Uuid::parse_str(run).is_ok(), "{asked}");
+
+    let r = cli(
+        &d,
+        "olga",
+        &["approve", run, "gate", "--comment", "ship it"],
+    );
+    r.assert_code(0);
+    assert_eq!(r.stdout.trim(), format!("gate approved in run {run}"));
+    // Decided once: a second decision is the server's 409.
+    let again = cli(&d, "olga", &["reject", run, "gate"]);
+    again.assert_code(4);
+    assert!(
+        again.stderr.starts_with("error: already_decided: ") && again.stderr.contains("(HTTP 409)"),
+        "{}",
+        again.stderr
+    );
+    // Only the run's owner decides; to anyone else the run does not exist.
+    cli(&d, "mallory", &["approve", run, "gate"]).assert_code(4);
+
+    wait_event(&d, "olga", run, "node_completed", T, |e| {
+        e["node_id"] == "gate"
+    })
+    .await;
+    let r = cli(&d, "olga", &["signal", run, "paid", r#"{"amount": 12}"#]);
+    r.assert_code(0);
+    assert_eq!(r.stdout.trim(), format!("signal paid sent to run {run}"));
+    // Taken once: again is a 409 (already signalled, or the run it
+    // completed has ended by now).
+    let again = cli(&d, "olga", &["signal", run, "paid", "{}"]);
+    again.assert_code(4);
+    assert!(
+        ["already_signalled", "run_finished"]
+            .iter()
+            .any(|c| again.stderr.starts_with(&format!("error: {c}: "))),
+        "{}",
+        again.stderr
+    );
+
+    let (code, rest) = follow.wait();
+    assert_eq!(code, 0, "{rest:?}");
+    let run_view = wait_run(&d, "olga", run, T).await;
+    assert_eq!(run_view["status"], "completed");
+    assert_eq!(run_view["nodes"]["refused"]["status"], "skipped");
+    let gate = node_output(&d, "olga", &run_view, "gate").await;
+    assert_eq!(
+        (&gate["approved"], &gate["by"], &gate["comment"]),
+        (&json!(true), &json!("olga"), &json!("ship it"))
+    );
+    assert_eq!(
+        node_output(&d, "olga", &run_view, "paid").await,
+        json!({"amount": 12})
+    );
+}
+
+#[actix_rt::test]
+async fn reject_prints_the_decision_as_json_and_the_run_takes_the_other_branch() {
+    let (_redis, d) = start(&[]).await;
+    register(&d, "olga", &gated("gated")).await;
+    let run = start_run(&d, "olga", "gated", json!({"item": "lamp"})).await;
+    // Before the approval asks, there is nothing to decide.
+    let early = cli(&d, "olga", &["approve", &run, "paid"]);
+    early.assert_code(4);
+    wait_event(&d, "olga", &run, "approval_required", T, |_| true).await;
+
+    let r = cli(
+        &d,
+        "olga",
+        &[
+            "reject",
+            &run,
+            "gate",
+            "--comment",
+            "out of stock",
+            "--json",
+        ],
+    );
+    r.assert_code(0);
+    let answer = r.json_lines();
+    assert_eq!(answer.len(), 1, "{}", r.stdout);
+    assert_eq!(answer[0]["run_id"], json!(run));
+    assert_eq!(answer[0]["node_id"], "gate");
+    let decision = &answer[0]["decision"];
+    assert_eq!(decision["approved"], false);
+    assert_eq!(decision["by"], "olga");
+    assert_eq!(decision["comment"], "out of stock");
+
+    let view = wait_run(&d, "olga", &run, T).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["nodes"]["paid"]["status"], "skipped");
+    assert_eq!(
+        node_output(&d, "olga", &view, "refused").await,
+        json!("out of stock")
+    );
+    // The run has ended: a signal now is refused, and says why.
+    let late = cli(&d, "olga", &["signal", &run, "paid"]);
+    late.assert_code(4);
+    assert!(
+        late.stderr.starts_with("error: run_finished: "),
+        "{}",
+        late.stderr
+    );
+}
+
+#[actix_rt::test]
+async fn signal_reads_its_payload_from_a_file_or_stdin_and_json_prints_the_answer() {
+    let (_redis, d) = start(&[]).await;
+    let wf = json!({"tag": "two-signals", "nodes": [
+        {"id": "a", "kind": "signal", "name": "first"},
+        {"id": "b", "kind": "signal", "name": "second"}
+    ]});
+    register(&d, "pia", &wf).await;
+    let run = start_run(&d, "pia", "two-signals", json!({})).await;
+    let dir = tempdir("signal-payload");
+    let file = dir.join("payload.json");
+    std::fs::write(&file, r#"{"from": "file", "n": [1, 2]}"#).unwrap();
+    let at = format!("@{}", file.display());
+    let r = cli(&d, "pia", &["signal", &run, "first", &at, "--json"]);
+    r.assert_code(0);
+    let answer = r.json_lines();
+    assert_eq!(
+        answer,
+        [json!({"run_id": run, "signal": "first", "status": "received"})]
+    );
+    let mut cmd = cli_command(&d, "pia", &["signal", &run, "second", "@-"]);
+    let r = run_with_stdin(&mut cmd, r#"{"from": "stdin"}"#);
+    r.assert_code(0);
+    let view = wait_run(&d, "pia", &run, T).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        node_output(&d, "pia", &view, "a").await,
+        json!({"from": "file", "n": [1, 2]})
+    );
+    assert_eq!(
+        node_output(&d, "pia", &view, "b").await,
+        json!({"from": "stdin"})
+    );
+}
+
 #[actix_rt::test]
 async fn tail_prints_a_run_started_meanwhile_and_filters_on_the_server() {
     let (_redis, d) = start(&[]).await;

@@ -1,7 +1,8 @@
 //! The dashboard at `/`: served from the binary with a strict CSP, and
 //! used in a real headless Chromium — start a run from the form, watch it
-//! live over SSE without a reload, read an output, survive a dropped
-//! stream — plus render times of a 500-node DAG and of 1,000 runs.
+//! live over SSE without a reload, read an output, approve an approval
+//! from its button, survive a dropped stream — plus render times of a
+//! 500-node DAG and of 1,000 runs.
 
 use std::time::{Duration, Instant};
 
@@ -237,6 +238,109 @@ async fn a_run_started_from_the_form_is_watched_live_in_a_real_browser() {
     let path = screenshot_path();
     std::fs::write(&path, png).unwrap();
     eprintln!("dashboard: screenshot saved to {}", path.display());
+    b.close().await;
+    assert_no_panic(&d);
+}
+
+#[actix_rt::test]
+async fn an_approval_is_approved_from_its_button_and_the_run_finishes_live() {
+    let (_redis, d) = start(&[]).await;
+    register(
+        &d,
+        "alice",
+        &json!({"tag": "review", "nodes": [
+            {"id": "draft", "kind": "transform", "filter": "{text: \"hello \\(.inputs.who)\"}"},
+            {"id": "gate", "kind": "approval", "depends_on": ["draft"],
+             "prompt": "\"publish \\(.nodes.draft.text)?\"", "timeout_ms": 600000},
+            {"id": "publish", "kind": "transform", "depends_on": ["gate"],
+             "when": ".nodes.gate.approved", "filter": "{published: .nodes.draft.text, note: .nodes.gate.comment}"},
+            {"id": "discard", "kind": "transform", "depends_on": ["gate"],
+             "when": ".nodes.gate.approved | not", "filter": "\"discarded\""}
+        ]}),
+    )
+    .await;
+    let run = start_run(&d, "alice", "review", json!({"who": "world"})).await;
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/?username=alice#/runs/{run}", d.api))
+        .await
+        .unwrap();
+    b.wait_js(
+        "the live stream",
+        "return document.getElementById('live').dataset.state === 'live'",
+    )
+    .await;
+    b.js("window.__sameDocument = true; return null").await;
+    b.wait_js(
+        "the approval asking, with its prompt",
+        "const a = document.querySelector(\"#approvals .approval[data-node='gate']\"); \
+         return !!a && a.textContent.includes('publish hello world?') && !!a.querySelector('button.approve')",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelector(\"[data-node='gate']\").dataset.status")
+            .await,
+        json!("approval"),
+        "the waiting node is lit as waiting for a decision"
+    );
+    b.type_into("#comment-gate", "looks good").await;
+    b.click("#approvals .approval[data-node='gate'] button.approve")
+        .await;
+    b.wait_js(
+        "gate and publish completed, discard skipped",
+        "const s = id => document.querySelector(`[data-node='${id}']`)?.dataset.status; \
+         return s('gate') === 'completed' && s('publish') === 'completed' && s('discard') === 'skipped'",
+    )
+    .await;
+    b.wait_js(
+        "the run completed",
+        "return document.getElementById('run-status').textContent === 'completed'",
+    )
+    .await;
+    b.wait_js(
+        "no approval left to decide",
+        "return document.getElementById('approvals').textContent.includes('No node is waiting')",
+    )
+    .await;
+    assert_eq!(
+        b.js("return window.__sameDocument === true").await,
+        json!(true),
+        "updated without a reload"
+    );
+    let types = b
+        .js("return [...document.querySelectorAll('#event-log tbody tr')].map(r => r.dataset.type)")
+        .await;
+    let types: Vec<&str> = types
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "workflow_started",
+            "node_completed",
+            "approval_required",
+            "node_completed",
+            "node_skipped",
+            "node_completed",
+            "workflow_completed"
+        ]
+    );
+    // The decision, as the node's output.
+    b.click("[data-node='publish']").await;
+    b.wait_js(
+        "publish's output",
+        "const o = document.getElementById('node-output').textContent; \
+         return o.includes('hello world') && o.includes('looks good')",
+    )
+    .await;
+    let view = wait_run(&d, "alice", &run, T).await;
+    let gate = node_output(&d, "alice", &view, "gate").await;
+    assert_eq!(gate["approved"], true);
+    assert_eq!(gate["by"], "alice");
+    assert_eq!(gate["comment"], "looks good");
     b.close().await;
     assert_no_panic(&d);
 }

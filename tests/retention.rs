@@ -1,7 +1,8 @@
 //! Retention: a finished run is kept for `--retention`, then it is gone
 //! everywhere; outputs still held by a live run stay; the history is
-//! trimmed by age; acknowledged run requests leave the request stream; and
-//! once everything has expired, nothing is left behind.
+//! trimmed by age; acknowledged run requests leave the request stream;
+//! runs that end while they wait take their waits with them; and once
+//! everything has expired, nothing is left behind.
 //!
 //! Issue 11 (4): nothing was ever deleted: no retention on run records,
 //! outputs, event lists or histories, and the request stream kept every
@@ -347,6 +348,108 @@ async fn after_the_retention_nothing_is_left_behind() {
         keys::REQUESTS.to_owned(),
         keys::user_workflows("uma"),
         keys::user_workflows("vic"),
+    ]
+    .into_iter()
+    .collect();
+    let deadline = std::time::Instant::now() + EXPIRY;
+    loop {
+        let left = all_keys(&mut conn);
+        if left == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            left.difference(&want).collect::<Vec<_>>()
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_no_panic(&d);
+}
+
+/// Runs that end while they wait outside (cancelled with a task queued, a
+/// task claimed, an approval asked, a signal kept for a later node; or
+/// completed after its waits) take their waits with them: the queues
+/// empty at once, a claimed task's worker is refused, and once the
+/// retention is over no wait record, waits list or signals hash is left.
+#[actix_rt::test]
+async fn runs_that_end_while_waiting_leave_no_wait_behind() {
+    let (redis, d) = start(&["--retention", "2s"]).await;
+    let mut conn = redis.conn();
+    register(
+        &d,
+        "wyn",
+        &json!({"tag": "waits", "nodes": [
+            {"id": "queued", "kind": "task", "queue": "idle"},
+            {"id": "claimed", "kind": "task", "queue": "busy"},
+            {"id": "gate", "kind": "approval"},
+            {"id": "later", "kind": "signal", "name": "later", "depends_on": ["gate"]}
+        ]}),
+    )
+    .await;
+    let cancelled = start_run(&d, "wyn", "waits", json!({})).await;
+    let claimed = claim_one(&d, "wyn", "busy").await;
+    wait_event(&d, "wyn", &cancelled, "approval_required", T, |_| true).await;
+    // Kept for `later`, which does not wait yet.
+    let r = send_signal(&d, "wyn", &cancelled, "later", &json!({"n": 1})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert!(exists(&mut conn, &keys::run_signals(&cancelled)));
+    assert!(exists(&mut conn, &keys::run_waits(&cancelled)));
+    assert_eq!(
+        pttl(&mut conn, &keys::run_signals(&cancelled)),
+        -1,
+        "kept while it runs"
+    );
+
+    let r = post(
+        &format!("{}/api/v1/runs/{cancelled}/cancel", d.api),
+        Some("wyn"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(
+        wait_run(&d, "wyn", &cancelled, T).await["status"],
+        "cancelled"
+    );
+    // Ended with the run, in its ending commit.
+    assert!(!exists(&mut conn, &keys::task_queue("wyn", "idle")));
+    assert!(!exists(&mut conn, &keys::run_waits(&cancelled)));
+    assert!(pttl(&mut conn, &keys::run_signals(&cancelled)) > 0);
+    let hb = post(
+        &format!(
+            "{}/api/v1/tasks/{}/complete",
+            d.api,
+            claimed["task_id"].as_str().unwrap()
+        ),
+        Some("wyn"),
+        &json!({"token": claimed["token"], "output": 1}),
+    )
+    .await;
+    assert_eq!(hb.status, 409, "{}", hb.text);
+    let r = decide(&d, "wyn", &cancelled, "gate", "approve", &json!({})).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+
+    // Another run of it, to its end: its waits end with it too.
+    let completed = start_run(&d, "wyn", "waits", json!({})).await;
+    wait_event(&d, "wyn", &completed, "approval_required", T, |_| true).await;
+    for q in ["idle", "busy"] {
+        let t = claim_one(&d, "wyn", q).await;
+        complete(&d, "wyn", &t, json!(q)).await;
+    }
+    let r = decide(&d, "wyn", &completed, "gate", "approve", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = send_signal(&d, "wyn", &completed, "later", &json!(2)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(
+        wait_run(&d, "wyn", &completed, T).await["status"],
+        "completed"
+    );
+
+    let want: BTreeSet<String> = [
+        keys::WORKFLOWS.to_owned(),
+        keys::REQUESTS.to_owned(),
+        keys::user_workflows("wyn"),
     ]
     .into_iter()
     .collect();

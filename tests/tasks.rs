@@ -666,6 +666,62 @@ async fn a_daemon_killed_with_tasks_claimed_and_approvals_pending_loses_nothing(
     assert_no_panic(&d);
 }
 
+/// The crash-loop breaker fails a run resumed 3 times in a row without
+/// progress. A run that only waits makes no commits, so unrelated crashes
+/// would count against it: a resumed run whose waits are in place clears
+/// its count instead, and survives any number of kill -9s.
+#[actix_rt::test]
+async fn a_run_that_only_waits_outlives_any_number_of_runner_crashes() {
+    let args = ["--instance-id", "patient"];
+    let (redis, mut d) = start(&args).await;
+    register(
+        &d,
+        "ivy",
+        &json!({"tag": "patient", "nodes": [
+            {"id": "gate", "kind": "approval"},
+            {"id": "work", "kind": "task", "queue": "q"},
+            {"id": "end", "kind": "transform", "depends_on": ["gate", "work"],
+             "filter": "[.nodes.gate.approved, .nodes.work]"}
+        ]}),
+    )
+    .await;
+    let run = start_run(&d, "ivy", "patient", json!({})).await;
+    wait_event(&d, "ivy", &run, "approval_required", T, |_| true).await;
+    let mut conn = redis.conn();
+    let mut owner = run_owner(&mut conn, &run);
+    for crash in 1..=5 {
+        d.kill9();
+        d = Daemon::start(&redis, &args);
+        wait_ready(&d).await;
+        // Taken over by the new process (which counted a resumption), then
+        // found only waiting: the count is cleared.
+        let what = format!("crash {crash}: resumed by the new process, count cleared");
+        wait_until(&what, T, || {
+            let now = run_owner(&mut conn, &run);
+            let resumes: Option<u32> = conn.hget(keys::run(&run), keys::field::RESUMES).unwrap();
+            now.is_some() && now != owner && resumes.is_none()
+        })
+        .await;
+        owner = run_owner(&mut conn, &run);
+        assert_eq!(run_status(&mut conn, &run), "running");
+    }
+    let r = decide(&d, "ivy", &run, "gate", "approve", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let t = claim_one(&d, "ivy", "q").await;
+    assert_eq!(t["attempt"], 1, "the same attempt through every restart");
+    complete(&d, "ivy", &t, json!("done")).await;
+    let view = wait_run(&d, "ivy", &run, T).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        node_output(&d, "ivy", &view, "end").await,
+        json!([true, "done"])
+    );
+    let events = run_events(&d, "ivy", &run).await;
+    assert_eq!(count(&events, "node_failed", None), 0, "{events:?}");
+    assert_eq!(count(&events, "approval_required", None), 1, "{events:?}");
+    assert_no_panic(&d);
+}
+
 #[actix_rt::test]
 async fn a_cancelled_run_takes_its_tasks_back() {
     let (redis, d) = start(&[]).await;

@@ -339,3 +339,109 @@ Worker(os.environ["FLOWCAST_API"], queues=["py"], token=os.environ["FLOWCAST_TOK
     .await;
     assert_eq!(r.status, 401, "{}", r.text);
 }
+
+/// The README's "Workers, approvals, signals" section as written: its
+/// Python worker, its workflow (PUT with curl's body), and its CLI
+/// commands, approved then rejected: the run branches on the decision.
+#[actix_rt::test]
+async fn the_readmes_worker_and_branch_on_approval_example_work_as_written() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Workers, approvals, signals")
+        .expect("the README's section")..];
+    let python = section
+        .split("```python\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the README's Python worker");
+    let lines = python.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(lines <= 10, "the README's worker has {lines} lines");
+    let body = section
+        .split("/api/v1/workflows/hello -d '")
+        .nth(1)
+        .and_then(|s| s.split("'\n").next())
+        .expect("the README's workflow");
+    let wf: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("the README's workflow is not JSON ({e}): {body}"));
+
+    let (_redis, d) = start(&[]).await;
+    let r = put(
+        &format!("{}/api/v1/workflows/hello", d.api),
+        Some("alice"),
+        &wf,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let script = python.replace("\"http://127.0.0.1:8081\"", &format!("{:?}", d.api));
+    assert_ne!(script, python, "the README's worker names the API");
+    let _worker = WorkerProc::spawn(Lang::Python, &d, "alice", &script, &[]);
+
+    // Approved: `held` is skipped, `sent` completes with the signal.
+    let follow = CliProc::spawn(&d, "alice", &["run", "hello", "-i", "name=Ada", "--follow"]);
+    let asked = loop {
+        let line = follow.next_line();
+        if line.starts_with("approval_required") {
+            break line;
+        }
+    };
+    assert!(
+        asked.contains("ok: send hello Ada? (flowcast approve|reject "),
+        "{asked}"
+    );
+    let run = asked
+        .split("(flowcast approve|reject ")
+        .nth(1)
+        .and_then(|h| h.split(' ').next())
+        .unwrap()
+        .to_owned();
+    cli(&d, "alice", &["approve", &run, "ok"]).assert_code(0);
+    wait_event(&d, "alice", &run, "node_skipped", T, |e| {
+        e["node_id"] == "held"
+    })
+    .await;
+    cli(&d, "alice", &["signal", &run, "delivered", r#"{"at": 1}"#]).assert_code(0);
+    let (code, rest) = follow.wait();
+    assert_eq!(code, 0, "{rest:?}");
+    let view = wait_run(&d, "alice", &run, T).await;
+    assert_eq!(view["status"], "completed");
+    assert_eq!(view["nodes"]["held"]["status"], "skipped");
+    assert_eq!(
+        node_output(&d, "alice", &view, "greet").await,
+        json!({"greeting": "hello Ada"})
+    );
+    assert_eq!(
+        node_output(&d, "alice", &view, "ok").await["approved"],
+        true
+    );
+    assert_eq!(
+        node_output(&d, "alice", &view, "sent").await,
+        json!({"at": 1})
+    );
+    let events = run_events(&d, "alice", &run).await;
+    let progress = events
+        .iter()
+        .find(|e| e["type"] == "node_progress" && e["node_id"] == "greet")
+        .unwrap_or_else(|| panic!("no progress from the worker: {events:?}"));
+    assert_eq!(
+        (&progress["progress"], &progress["message"]),
+        (&json!(0.5), &json!("looking it up"))
+    );
+
+    // Rejected: `sent` is skipped and `held` says why.
+    let run = start_run(&d, "alice", "hello", json!({"name": "Bo"})).await;
+    wait_event(&d, "alice", &run, "approval_required", T, |_| true).await;
+    cli(
+        &d,
+        "alice",
+        &["reject", &run, "ok", "--comment", "not today"],
+    )
+    .assert_code(0);
+    let view = wait_run(&d, "alice", &run, T).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["nodes"]["sent"]["status"], "skipped");
+    assert_eq!(
+        node_output(&d, "alice", &view, "held").await,
+        json!("held: not today")
+    );
+    assert_no_panic(&d);
+}
