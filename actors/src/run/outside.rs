@@ -394,8 +394,8 @@ impl RunActor {
         if self.outside.loop_cleared || !self.setup.resumed {
             return;
         }
-        let only_waiting = self.in_flight == 0
-            && self.running.is_empty()
+        // A commit on its way (a progress report) is no work of its own.
+        let only_waiting = self.running.is_empty()
             && self.foreach.is_empty()
             && self.setup.state.active().iter().all(|i| {
                 self.outside
