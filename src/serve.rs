@@ -160,8 +160,8 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> anyhow::Res
             .await
             .context("cannot open the runner's presence connection to Redis")?;
         let runner_thread = Arbiter::new();
-        // Cancel requests from other instances arrive through the one control
-        // subscription of `outside::listen` below, not `Runner::with_control`.
+        // Cancel requests from other instances arrive through the process's
+        // one control subscription, `outside::listen` below.
         let (conn, m, sd) = (redis.clone(), metrics.clone(), shutdown.clone());
         runner = Some(Supervisor::start_in_arbiter(
             &runner_thread.handle(),

@@ -29,7 +29,7 @@ pub const DEFAULT_TRANSFORM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs a jq filter in the sandboxed evaluator pool, within `deadline`. A
 /// filter's own error, or a crash of its evaluator, would repeat: not
 /// retryable.
-pub(crate) async fn run_jq(
+async fn run_jq(
     pool: &jq::Pool,
     filter: &str,
     input: &Value,

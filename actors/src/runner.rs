@@ -143,6 +143,9 @@ const CLAIM_BATCH: usize = 256;
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Cancel a run held by this runner; answers `None` if it holds no such run.
+/// Requests made through other instances arrive on the process's one
+/// control subscription (`outside::listen`); missed ones are found by the
+/// sweep (the run's `cancel_requested` field).
 #[derive(Message)]
 #[rtype(result = "Option<bool>")]
 pub struct CancelRun {
@@ -196,8 +199,6 @@ pub struct Runner {
     reading_ok: bool,
     /// Fired when the process starts to shut down: take no new work.
     shutdown: CancellationToken,
-    /// Where cancel requests from other instances arrive ([`store::keys::CONTROL`]).
-    control: Option<redis::Client>,
 }
 
 impl Runner {
@@ -236,15 +237,7 @@ impl Runner {
             read_backoff: READ_BACKOFF,
             reading_ok: false,
             shutdown,
-            control: None,
         }
-    }
-
-    /// Listens on [`store::keys::CONTROL`] with its own connection, so that a run
-    /// held here can be cancelled through any API instance.
-    pub fn with_control(mut self, client: redis::Client) -> Self {
-        self.control = Some(client);
-        self
     }
 
     /// Keeps this process's presence connection (announced before the
@@ -755,9 +748,6 @@ impl Actor for Runner {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(client) = self.control.clone() {
-            actix::spawn(listen_control(client, ctx.address()));
-        }
         if let Some(presence) = self.presence.take() {
             let me = ctx.address();
             actix::spawn(presence.keep(move || me.connected()));
@@ -766,24 +756,6 @@ impl Actor for Runner {
         self.sweep(ctx);
         let every = (self.cfg.lease / 3).min(MAX_SWEEP_INTERVAL);
         ctx.run_interval(every, |act, ctx| act.sweep(ctx));
-    }
-}
-
-/// Forwards cancel requests announced on [`store::keys::CONTROL`] to the runner,
-/// reconnecting while the runner lives. Requests missed while disconnected
-/// are found by the sweep (the run's `cancel_requested` field).
-async fn listen_control(client: redis::Client, runner: Addr<Runner>) {
-    use futures_util::StreamExt;
-    while runner.connected() {
-        match runs::cancel_requests(&client).await {
-            Ok(mut run_ids) => {
-                while let Some(run_id) = run_ids.next().await {
-                    runner.do_send(CancelRun { run_id });
-                }
-            }
-            Err(e) => log::debug!("runner: control channel unavailable ({e})"),
-        }
-        actix_rt::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -423,19 +423,6 @@ pub async fn cancel_child<C: ConnectionLike + Send + Sync>(
     Ok(())
 }
 
-/// Run ids announced on [`keys::CONTROL`] by [`request_cancel`], on a
-/// connection of their own; the stream ends when that connection drops.
-pub async fn cancel_requests(
-    client: &redis::Client,
-) -> Result<impl futures_util::Stream<Item = String>> {
-    use futures_util::StreamExt;
-    let mut ps = client.get_async_pubsub().await?;
-    ps.subscribe(keys::CONTROL).await?;
-    Ok(ps
-        .into_on_message()
-        .filter_map(|m| futures_util::future::ready(m.get_payload::<String>().ok())))
-}
-
 /// For each run, whether its owner asked to cancel it.
 pub async fn cancel_requested<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
