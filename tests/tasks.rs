@@ -722,6 +722,72 @@ async fn a_run_that_only_waits_outlives_any_number_of_runner_crashes() {
     assert_no_panic(&d);
 }
 
+/// The same for a parent that waits for a child run which waits for an
+/// approval: both only wait, and both outlive runner crashes.
+#[actix_rt::test]
+async fn a_parent_waiting_on_a_child_that_waits_outlives_runner_crashes() {
+    let args = ["--instance-id", "family"];
+    let (redis, mut d) = start(&args).await;
+    register(
+        &d,
+        "jo",
+        &json!({"tag": "ask", "nodes": [{"id": "gate", "kind": "approval"}]}),
+    )
+    .await;
+    register(
+        &d,
+        "jo",
+        &json!({"tag": "parent", "nodes": [
+            {"id": "call", "kind": "workflow", "tag": "ask"},
+            {"id": "end", "kind": "transform", "depends_on": ["call"],
+             "filter": ".nodes.call.gate.approved"}
+        ]}),
+    )
+    .await;
+    let parent = start_run(&d, "jo", "parent", json!({})).await;
+    let deadline = std::time::Instant::now() + T;
+    let child = loop {
+        let r = get(&format!("{}/api/v1/runs?limit=10", d.api), Some("jo")).await;
+        let found = r.body["runs"].as_array().and_then(|runs| {
+            runs.iter()
+                .find(|r| r["parent_run_id"] == parent.as_str())
+                .and_then(|r| r["run_id"].as_str().map(str::to_owned))
+        });
+        if let Some(c) = found {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no child run: {}",
+            r.text
+        );
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    };
+    wait_event(&d, "jo", &child, "approval_required", T, |_| true).await;
+    let mut conn = redis.conn();
+    for crash in 1..=4 {
+        let before = [&parent, &child].map(|r| run_owner(&mut conn, r));
+        d.kill9();
+        d = Daemon::start(&redis, &args);
+        wait_ready(&d).await;
+        let what = format!("crash {crash}: both resumed, both counts cleared");
+        wait_until(&what, T, || {
+            [&parent, &child].iter().zip(&before).all(|(run, was)| {
+                let now = run_owner(&mut conn, run);
+                let resumes: Option<u32> = conn.hget(keys::run(run), keys::field::RESUMES).unwrap();
+                now.is_some() && now != *was && resumes.is_none()
+            })
+        })
+        .await;
+    }
+    let r = decide(&d, "jo", &child, "gate", "approve", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let view = wait_run(&d, "jo", &parent, T).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(node_output(&d, "jo", &view, "end").await, json!(true));
+    assert_no_panic(&d);
+}
+
 #[actix_rt::test]
 async fn a_cancelled_run_takes_its_tasks_back() {
     let (redis, d) = start(&[]).await;

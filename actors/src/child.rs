@@ -146,12 +146,14 @@ pub struct ChildRequest {
 /// Starts the child run (unless it exists) with the inputs `inputs`
 /// yields (awaited only if the child has to be started: the node's
 /// `inputs` filter, evaluated by the run actor's sandboxed pool), and
-/// waits for its end.
+/// waits for its end. `waiting` is called once the child is found still
+/// running: from then on the node only waits, until the child ends.
 pub async fn run(
     conn: ConnectionManager,
     watch: ChildWatch,
     req: ChildRequest,
     inputs: impl Future<Output = Result<Value, NodeError>>,
+    waiting: impl FnOnce(),
 ) -> Result<Value, NodeError> {
     if req.depth > req.max_depth {
         return Err(NodeError::fatal(format!(
@@ -169,7 +171,7 @@ pub async fn run(
     } else {
         drop(inputs);
     }
-    let ended = wait_end(&conn, &watching);
+    let ended = wait_end(&conn, &watching, waiting);
     let status = match req.timeout {
         None => ended.await?,
         Some(t) => match actix_rt::time::timeout(t, ended).await {
@@ -257,8 +259,13 @@ async fn start(
 }
 
 /// Waits until the child's status is terminal.
-async fn wait_end(conn: &ConnectionManager, w: &Watching) -> Result<RunStatus, NodeError> {
+async fn wait_end(
+    conn: &ConnectionManager,
+    w: &Watching,
+    waiting: impl FnOnce(),
+) -> Result<RunStatus, NodeError> {
     let mut poll = FIRST_POLL;
+    let mut waiting = Some(waiting);
     loop {
         // Registered before the look: a wake-up between the two is kept.
         let woken = w.notify.notified();
@@ -267,6 +274,9 @@ async fn wait_end(conn: &ConnectionManager, w: &Watching) -> Result<RunStatus, N
             Some(s) if s.is_terminal() => return Ok(s),
             Some(_) => {}
             None => return Err(NodeError::fatal(format!("child run {} is gone", w.run_id))),
+        }
+        if let Some(f) = waiting.take() {
+            f();
         }
         let _ = actix_rt::time::timeout(poll, woken).await;
         poll = (poll * 2).min(MAX_POLL);

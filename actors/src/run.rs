@@ -41,9 +41,12 @@
 //! starts with [`RunSetup::break_crash_loop`]: instead of running its nodes
 //! again, it fails its first active node (not retried) and so the run, with
 //! running siblings cancelled, through the same counter step and commit as
-//! any failure.
+//! any failure. A resumed run that comes to only wait — its active nodes
+//! all waiting outside (`outside`) or for child runs found running — has
+//! done all its work in the daemon and clears its count instead, so a run
+//! that waits for days is not failed by unrelated crashes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -322,6 +325,12 @@ pub struct RunActor {
     foreach: HashMap<usize, ForeachRun>,
     /// Child runs being waited for, by node and item.
     child_runs: HashMap<(usize, Option<usize>), String>,
+    /// Of those, the ones found running: the node only waits for them.
+    children_waited: HashSet<(usize, Option<usize>)>,
+    /// This actor, for the futures of its attempts to report to.
+    myself: Option<Addr<RunActor>>,
+    /// The crash-loop count was cleared (or need not be): once per actor.
+    loop_cleared: bool,
     /// `when` outcomes evaluated and not yet used by a step.
     conditions: HashMap<usize, Condition>,
     /// Commits handed to the Publisher and not yet answered.
@@ -340,6 +349,9 @@ impl RunActor {
             running: HashMap::new(),
             foreach: HashMap::new(),
             child_runs: HashMap::new(),
+            children_waited: HashSet::new(),
+            myself: None,
+            loop_cleared: false,
             conditions: HashMap::new(),
             in_flight: 0,
             outside: outside::Waits::default(),
@@ -470,6 +482,7 @@ impl RunActor {
         let handle = ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.running.remove(&i);
             act.child_runs.remove(&(i, None));
+            act.children_waited.remove(&(i, None));
             act.finished(i, r, ctx);
         }));
         self.running.insert(i, handle);
@@ -509,8 +522,14 @@ impl RunActor {
                 quota: self.env.run_quota,
             };
             let (conn, watch) = (self.env.conn.clone(), self.env.children.clone());
+            let me = self.myself.clone();
+            let waiting = move || {
+                if let Some(me) = me {
+                    me.do_send(ChildWaiting { node: i, item });
+                }
+            };
             return Box::pin(async move {
-                let out = child::run(conn, watch, req, inputs).await?;
+                let out = child::run(conn, watch, req, inputs, waiting).await?;
                 output_of(out).await
             });
         }
@@ -932,6 +951,7 @@ impl RunActor {
         let fut = self.attempt(i, Some(idx), input, attempt);
         let handle = ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.child_runs.remove(&(i, Some(idx)));
+            act.children_waited.remove(&(i, Some(idx)));
             act.item_finished(i, idx, r, ctx);
         }));
         if let Some(f) = self.foreach.get_mut(&i) {
@@ -1132,6 +1152,7 @@ impl RunActor {
             .map(|(_, id)| id.clone())
             .collect();
         self.child_runs.retain(|(n, _), _| !nodes.contains(n));
+        self.children_waited.retain(|(n, _)| !nodes.contains(n));
         if children.is_empty() {
             return;
         }
@@ -1205,6 +1226,7 @@ impl Actor for RunActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.myself = Some(ctx.address());
         self.env.metrics.live_runs.inc();
         if self.setup.state.status().is_terminal() {
             // Ended in its initialising commit (every node skipped).
@@ -1267,6 +1289,65 @@ impl Handler<Cancel> for RunActor {
         );
         self.send(c, ctx, |_, _| {});
         true
+    }
+}
+
+/// A `workflow` node's attempt found its child run still running: from
+/// now on it only waits.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChildWaiting {
+    node: usize,
+    item: Option<usize>,
+}
+
+impl Handler<ChildWaiting> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildWaiting, _ctx: &mut Self::Context) {
+        let key = (msg.node, msg.item);
+        if self.child_runs.contains_key(&key) {
+            self.children_waited.insert(key);
+            self.clear_crash_loop_if_only_waiting();
+        }
+    }
+}
+
+impl RunActor {
+    /// Whether everything the run has in hand only waits: every active
+    /// node is an outside wait that a look found in place, or a `workflow`
+    /// node whose child run was found running (a `foreach` node counts as
+    /// work).
+    fn only_waiting(&self) -> bool {
+        let child_waited = |i: &usize| self.children_waited.contains(&(*i, None));
+        self.foreach.is_empty()
+            && self.running.keys().all(child_waited)
+            && self
+                .setup
+                .state
+                .active()
+                .iter()
+                .all(|i| self.wait_established(*i) || child_waited(i))
+    }
+
+    /// Once per actor: a resumed run that only waits has done all the work
+    /// a resumption does in the daemon, so its crash-loop count is cleared
+    /// (`store::leases::only_waiting`). A run whose own work brings its
+    /// runners down never gets here, and is still failed after 3 resumptions.
+    fn clear_crash_loop_if_only_waiting(&mut self) {
+        if self.loop_cleared || !self.setup.resumed || !self.only_waiting() {
+            return;
+        }
+        self.loop_cleared = true;
+        let (mut conn, run_id) = (self.env.conn.clone(), self.setup.run_id.clone());
+        let owner = self.setup.owner.clone();
+        // Detached: nothing waits for it, and a failure only leaves the
+        // count as it was.
+        actix::spawn(async move {
+            if let Err(e) = leases::only_waiting(&mut conn, &run_id, &owner).await {
+                log::warn!("run {run_id}: cannot clear its crash-loop count ({e})");
+            }
+        });
     }
 }
 

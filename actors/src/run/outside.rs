@@ -32,10 +32,12 @@
 //! approval's record names the attempt whose `approval_required` was
 //! committed (`asked`), so it is announced once whatever restarts.
 //!
-//! **Crash loops.** A resumed run whose active nodes all wait outside, with
-//! their waits established, clears its crash-loop count
-//! (`store::leases::only_waiting`): it did all its in-daemon work, and a
-//! run waiting for days must not be failed by unrelated crashes.
+//! **Crash loops.** A look that finds a wait waiting may let a resumed run
+//! clear its crash-loop count: when its active nodes all wait (see the run
+//! actor's `clear_crash_loop_if_only_waiting`), it did all its in-daemon
+//! work, and a run waiting for days must not be failed by unrelated
+//! crashes. A wait already final at the first look counts as work: its
+//! outcome is still to apply.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -48,7 +50,6 @@ use crate::counter::NodeStatus;
 use crate::event::EventBody;
 use crate::node::{self, NodeError, DEFAULT_TRANSFORM_TIMEOUT};
 use crate::outside::spec::OnTimeout;
-use crate::store::leases;
 use crate::store::waits::{self, Created, Progress, Settled, WaitId, WaitKind, WaitRef};
 use crate::workflow::{NodeKind, NodeSpec};
 
@@ -78,8 +79,6 @@ pub struct IsBusy;
 #[derive(Default)]
 pub(super) struct Waits {
     nodes: HashMap<usize, Wait>,
-    /// The crash-loop count was cleared (or need not be): once per actor.
-    loop_cleared: bool,
 }
 
 /// One node's current attempt.
@@ -388,34 +387,13 @@ impl RunActor {
         self.running.insert(i, handle);
     }
 
-    /// Once per actor: a resumed run whose active nodes all wait outside,
-    /// each wait established, clears its crash-loop count.
-    fn clear_crash_loop_if_only_waiting(&mut self) {
-        if self.outside.loop_cleared || !self.setup.resumed {
-            return;
-        }
-        // A commit on its way (a progress report) is no work of its own.
-        let only_waiting = self.running.is_empty()
-            && self.foreach.is_empty()
-            && self.setup.state.active().iter().all(|i| {
-                self.outside
-                    .nodes
-                    .get(i)
-                    .is_some_and(|w| w.looked && w.launch.is_none())
-            });
-        if !only_waiting {
-            return;
-        }
-        self.outside.loop_cleared = true;
-        let (mut conn, run_id) = (self.env.conn.clone(), self.setup.run_id.clone());
-        let owner = self.setup.owner.clone();
-        // Detached: nothing waits for it, and a failure only leaves the
-        // count as it was.
-        actix::spawn(async move {
-            if let Err(e) = leases::only_waiting(&mut conn, &run_id, &owner).await {
-                log::warn!("run {run_id}: cannot clear its crash-loop count ({e})");
-            }
-        });
+    /// Whether node `i` waits outside with its wait established (a look
+    /// found it waiting).
+    pub(super) fn wait_established(&self, i: usize) -> bool {
+        self.outside
+            .nodes
+            .get(&i)
+            .is_some_and(|w| w.looked && w.launch.is_none())
     }
 
     /// Schedules the next look at node `i` (replacing the one scheduled).

@@ -53,10 +53,11 @@
 //! is then failed instead of resumed again. A graceful drain's [`release`]
 //! clears the count: letting go of a run on SIGTERM is no crash.
 //!
-//! A run that only waits on the outside (an approval for days) makes no
-//! commits, so every unrelated crash of the runners would count against it
-//! and the fourth would fail an innocent run. A resumed run whose active
-//! nodes all wait outside, with their waits established, has therefore done
+//! A run that only waits (an approval for days, or a child run that does)
+//! makes no commits, so every unrelated crash of the runners would count
+//! against it and the fourth would fail an innocent run. A resumed run
+//! whose active nodes all wait — outside the daemon, with their waits
+//! established, or for child runs found running — has therefore done
 //! everything a resumption does in the daemon: [`only_waiting`] clears its
 //! count then. A run whose own work brings the runners down never gets
 //! there (it crashes before), so it is still caught.
@@ -242,8 +243,8 @@ pub async fn release<C: ConnectionLike + Send + Sync>(
     Ok(())
 }
 
-/// Clears the crash-loop count of a resumed run that now only waits
-/// outside the daemon (see the module header), if `me` holds it.
+/// Clears the crash-loop count of a resumed run that now only waits (see
+/// the module header), if `me` holds it.
 pub async fn only_waiting<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     run_id: &str,
