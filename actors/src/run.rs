@@ -70,7 +70,7 @@ use crate::publisher::{self, Publisher};
 use crate::result;
 use crate::store::runs::RunQuota;
 use crate::store::{leases, runs, Commit, NodeRecord, Outcome, RunRecord};
-use crate::workflow::{json_kind, Dag, NodeKind};
+use crate::workflow::{json_kind, Dag, NodeKind, NodeSpec};
 
 /// The error of the node a crash loop is broken on (and so of the run).
 pub fn crash_loop_error() -> String {
@@ -413,7 +413,7 @@ impl RunActor {
         // Asked for when first polled: a child's inputs may never be.
         let (compute, user) = (self.env.shares.compute.clone(), self.setup.user.clone());
         let jq = self.env.jq.clone();
-        let deadline = filter_deadline(self.setup.dag.node(i).timeout_ms);
+        let deadline = filter_deadline(self.setup.dag.node(i));
         async move {
             let _permit = compute.acquire(&user).await;
             let input = input.build().await?;
@@ -1391,8 +1391,14 @@ pub fn restore(record: &RunRecord, dag: &Dag) -> (RunState, Vec<NodeRecord>) {
 
 /// How long a control-flow filter (`when`, `foreach`, a child's `inputs`)
 /// may run: the node's `timeout_ms`, else the transforms' default.
-fn filter_deadline(timeout_ms: Option<u64>) -> Duration {
-    timeout_ms.map_or(node::DEFAULT_TRANSFORM_TIMEOUT, Duration::from_millis)
+/// A node waiting outside has a `timeout_ms` that says how long it waits
+/// (up to a year), not how long its filters may compute: theirs is the
+/// default.
+fn filter_deadline(spec: &NodeSpec) -> Duration {
+    match spec.timeout_ms {
+        Some(ms) if !spec.waits_outside() => Duration::from_millis(ms),
+        _ => node::DEFAULT_TRANSFORM_TIMEOUT,
+    }
 }
 
 /// A `foreach` filter's value as items: an array of at most `max`.
@@ -1463,7 +1469,7 @@ pub async fn start(
         let checks = unknown.into_iter().filter_map(|c| {
             let spec = dag.node(c);
             let filter = spec.when.clone()?;
-            let deadline = filter_deadline(spec.timeout_ms);
+            let deadline = filter_deadline(spec);
             let permit = compute.acquire(user);
             let input = input.clone();
             Some(async move {
@@ -1501,5 +1507,24 @@ mod tests {
         assert!(!small([&json!("y".repeat(5000))], 100));
         let huge = json!((0..100_000).collect::<Vec<_>>());
         assert!(!small([&huge], INLINE_PARTS));
+    }
+
+    #[test]
+    fn a_waiting_nodes_timeout_is_how_long_it_waits_not_how_long_its_filters_run() {
+        let wf = crate::workflow::Workflow::from_json(json!({"tag": "t", "nodes": [
+            {"id": "a", "kind": "approval", "timeout_ms": 86_400_000, "when": "true"},
+            {"id": "t", "kind": "task", "queue": "q", "when": "true"},
+            {"id": "b", "kind": "transform", "filter": ".", "timeout_ms": 100, "when": "true"}
+        ]}))
+        .unwrap();
+        let deadlines: Vec<Duration> = wf.nodes.iter().map(filter_deadline).collect();
+        assert_eq!(
+            deadlines,
+            [
+                node::DEFAULT_TRANSFORM_TIMEOUT,
+                node::DEFAULT_TRANSFORM_TIMEOUT,
+                Duration::from_millis(100)
+            ]
+        );
     }
 }
