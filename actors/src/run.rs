@@ -13,13 +13,13 @@
 //! on its owner's request.
 //!
 //! Every attempt of a `transform` or `http` node first takes a permit of
-//! its user's fair share (`fair`; `delay` and `workflow` nodes, which only
-//! wait, cost nothing and take none, nor do `task`, `approval` and `signal`
-//! nodes, which wait outside the daemon: see `outside`) and holds it until the attempt ends,
-//! whatever ends it: the permit lives in the attempt's future. Under the
-//! permit, the node's input is built and its output hashed and serialised
-//! on a blocking thread, so a large output stalls neither this thread
-//! (shared by every run actor) nor the Publisher's. The node's deadline
+//! its user's fair share (`fair`; nodes that only wait cost nothing and
+//! take none: `delay`, `workflow`, and `task`, `approval` and `signal`,
+//! which wait outside the daemon, see `outside`) and holds it until the
+//! attempt ends, whatever ends it: the permit lives in the attempt's
+//! future. Under the permit, the node's input is built and its output
+//! hashed and serialised on a blocking thread, so a large output stalls
+//! neither this thread (shared by every run actor) nor the Publisher's. The node's deadline
 //! covers the execution itself, not the wait for a permit.
 //!
 //! Control flow (see `counter`): a completion that makes nodes ready first
@@ -130,7 +130,7 @@ pub struct RunSetup {
     /// running its nodes again.
     pub break_crash_loop: bool,
     /// A runner took it over (it is not the run's first actor): once it
-    /// only waits outside, its crash-loop count is cleared (`run::outside`).
+    /// only waits, its crash-loop count is cleared.
     pub resumed: bool,
     /// The run and node that started it, for a child run.
     pub parent: Option<Parent>,
