@@ -335,6 +335,11 @@ pub struct RunActor {
     conditions: HashMap<usize, Condition>,
     /// Commits handed to the Publisher and not yet answered.
     in_flight: usize,
+    /// While nodes are started together: the `node_started` events of
+    /// those begun so far, sent as one commit (see [`RunActor::start_all`]).
+    starts: Option<Commit>,
+    /// True while [`RunActor::start_all`] runs.
+    batching: bool,
     /// Nodes waiting on workers, people or signals (`task`, `approval`, `signal`).
     outside: outside::Waits,
 }
@@ -354,6 +359,8 @@ impl RunActor {
             loop_cleared: false,
             conditions: HashMap::new(),
             in_flight: 0,
+            starts: None,
+            batching: false,
             outside: outside::Waits::default(),
         }
     }
@@ -564,11 +571,15 @@ impl RunActor {
     /// Publishes `node_started` for the attempt just begun, in workflows
     /// that ask for it. The record then holds the attempt in flight (no
     /// error), which a resumed run runs again under the same number.
+    /// Nodes started together ([`RunActor::start_all`]) share one commit.
     fn announce_start(&mut self, i: usize, ctx: &mut Context<Self>) {
         if !self.setup.dag.workflow.events.node_started {
             return;
         }
-        let mut c = self.commit();
+        let mut c = match self.starts.take() {
+            Some(c) => c,
+            None => self.commit(),
+        };
         self.setup.records[i].error = None;
         self.set_node(&mut c, i);
         let body = EventBody::NodeStarted {
@@ -577,7 +588,32 @@ impl RunActor {
             attempt: self.setup.records[i].attempt,
         };
         self.push_event(&mut c, body);
-        self.send(c, ctx, |_, _| {});
+        if self.batching {
+            self.starts = Some(c);
+        } else {
+            self.send(c, ctx, |_, _| {});
+        }
+    }
+
+    /// Starts (or fails) the nodes `nodes` together: their `node_started`
+    /// events go out as one commit instead of one each (a wide fan-out
+    /// costs one commit, not a hundred). Any other commit made meanwhile
+    /// sends the gathered one first ([`RunActor::send`]), so seqs stay in
+    /// order.
+    fn start_all(
+        &mut self,
+        nodes: impl IntoIterator<Item = usize>,
+        failing: &[(usize, NodeError)],
+        ctx: &mut Context<Self>,
+    ) {
+        self.batching = true;
+        for a in nodes {
+            self.launch_or_fail(a, failing, ctx);
+        }
+        self.batching = false;
+        if let Some(c) = self.starts.take() {
+            self.send(c, ctx, |_, _| {});
+        }
     }
 
     fn finished(&mut self, i: usize, r: Result<Output, NodeError>, ctx: &mut Context<Self>) {
@@ -701,9 +737,7 @@ impl RunActor {
             self.conditions.remove(k);
         }
         self.send(c, ctx, move |act, ctx| {
-            for &a in &step.activated {
-                act.launch_or_fail(a, &failing, ctx);
-            }
+            act.start_all(step.activated.iter().copied(), &failing, ctx);
         });
     }
 
@@ -1168,7 +1202,20 @@ impl RunActor {
     }
 
     /// Hands a commit to the Publisher; `then` runs once it is durable.
+    /// Gathered `node_started` events, older than `c`'s, go first.
     fn send(
+        &mut self,
+        c: Commit,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        if let Some(starts) = self.starts.take() {
+            self.send_now(starts, ctx, |_, _| {});
+        }
+        self.send_now(c, ctx, then);
+    }
+
+    fn send_now(
         &mut self,
         c: Commit,
         ctx: &mut Context<Self>,
@@ -1254,9 +1301,8 @@ impl Actor for RunActor {
             }
         }
         let failing = std::mem::take(&mut self.setup.failing);
-        for i in self.setup.state.active() {
-            self.launch_or_fail(i, &failing, ctx);
-        }
+        let active = self.setup.state.active();
+        self.start_all(active, &failing, ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
