@@ -31,7 +31,8 @@
 //! finished item on its own (`foreach::Items`), so a resumed run redoes
 //! none of them. A `workflow` node runs a child run (`child`); cancelling
 //! or failing the run asks its running children to cancel. Workflows that
-//! ask for it get a `node_started` commit when each attempt begins. Every
+//! ask for it get a `node_started` event when each attempt begins (the
+//! nodes started together share one commit, `start_all`). Every
 //! control-flow filter (`when`, `foreach`, a child's `inputs`) runs in the
 //! sandboxed jq pool under a compute permit and a deadline, as a
 //! transform does; every output (a `foreach` node's array and a child's
