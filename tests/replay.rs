@@ -2,7 +2,7 @@
 //! `http` nodes against a local test server.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -419,19 +419,7 @@ async fn slow_clients_replaying_a_long_history_keep_the_daemons_memory_bounded()
     fill_history(&mut conn, user, &run_id, EVENTS, &"x".repeat(4000)).await;
 
     let baseline = d.rss_kib();
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop, pid) = (peak.clone(), stop.clone(), d.pid());
-        actix_rt::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(kib) = rss_kib(pid) {
-                    peak.fetch_max(kib, Ordering::Relaxed);
-                }
-                actix_rt::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let peak = PeakRss::sample(d.pid(), baseline);
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         clients.push(ws_connect(&d, &format!("/ws?username={user}&last_event_id=0")).await);
@@ -467,9 +455,7 @@ async fn slow_clients_replaying_a_long_history_keep_the_daemons_memory_bounded()
         assert!(events.iter().all(|e| e["run_id"] == run_id.as_str()));
         sockets.push(ws);
     }
-    stop.store(true, Ordering::Relaxed);
-    sampler.await.unwrap();
-    let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    let grew = peak.finish().await.saturating_sub(baseline);
     assert!(
         grew < BOUND_KIB,
         "the daemon grew by {grew} KiB (from {baseline} KiB) while {CLIENTS} clients replayed"

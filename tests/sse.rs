@@ -2,8 +2,6 @@
 //! HTTP client parsing the stream as `EventSource` does. The same events,
 //! filters, identity rules, resume and slow-client bound as `/ws`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -468,19 +466,7 @@ async fn slow_streams_replaying_a_long_history_keep_the_daemons_memory_bounded()
     fill_history(&mut conn, user, &run_id, EVENTS, &"x".repeat(4000)).await;
 
     let baseline = d.rss_kib();
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop, pid) = (peak.clone(), stop.clone(), d.pid());
-        actix_rt::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(kib) = rss_kib(pid) {
-                    peak.fetch_max(kib, Ordering::Relaxed);
-                }
-                actix_rt::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let peak = PeakRss::sample(d.pid(), baseline);
     let path = format!("/events?username={user}&last_event_id=0");
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -513,9 +499,7 @@ async fn slow_streams_replaying_a_long_history_keep_the_daemons_memory_bounded()
         assert_eq!(seqs, (1..=EVENTS).collect::<Vec<u64>>());
         streams.push(s);
     }
-    stop.store(true, Ordering::Relaxed);
-    sampler.await.unwrap();
-    let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    let grew = peak.finish().await.saturating_sub(baseline);
     assert!(
         grew < BOUND_KIB,
         "the daemon grew by {grew} KiB (from {baseline} KiB) while {CLIENTS} streams replayed"

@@ -192,3 +192,42 @@ pub fn assert_no_panic(d: &Daemon) {
 pub fn assert_no_panic_in(log: &str) {
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
 }
+
+/// Samples a process's RSS every 10 ms in the background and keeps the
+/// highest value seen (tests that bound a daemon's memory).
+pub struct PeakRss {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sampler: actix_rt::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    /// Starts sampling `pid`, from `baseline` KiB.
+    pub fn sample(pid: u32, baseline: u64) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let peak = Arc::new(AtomicU64::new(baseline));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let sampler = actix_rt::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Self {
+            peak,
+            stop,
+            sampler,
+        }
+    }
+
+    /// Stops sampling; the highest RSS seen, in KiB.
+    pub async fn finish(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.await.unwrap();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
